@@ -1,0 +1,151 @@
+"""The `sweeplab` command: a Hydra app whose every job is one img2img trial.
+
+    sweeplab prompt=fire strength=0.7                  # one trial, one MLflow run
+    sweeplab -m strength=0.4,0.7 sampler=k_lms,k_heun  # a sweep: a parent run, a child per trial
+    sweeplab -m experiment=demo                        # a named sweep from experiments/
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import os
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from sweeplab import outcome
+from sweeplab.errors import ConfigError
+from sweeplab.schema import SCHEMA_KEYS
+
+log = logging.getLogger("sweeplab")
+
+CONF_DIR = Path(os.environ.get("SWEEPLAB_CONFIG_DIR", Path(__file__).resolve().parents[2] / "conf"))
+CONFIG_GROUPS = ("model", "sampler", "tracking", "experiment")
+
+_pipelines = None  # one PipelineCache per process: models load once, not once per trial
+
+
+def main() -> None:
+    """Console script: check the command line, run Hydra, exit non-zero if any trial failed."""
+    try:
+        preflight(sys.argv[1:])
+    except ConfigError as err:
+        print(f"sweeplab: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    hydra_app()
+    sys.exit(outcome.exit_code())
+
+
+def group_options(group: str) -> list[str]:
+    return sorted(path.stem for path in (CONF_DIR / group).glob("*.yaml"))
+
+
+def preflight(argv: list[str]) -> None:
+    """Catch unknown config options and keys in one line before Hydra composes anything."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    overrides = [arg for arg in argv if not arg.startswith("-") and "=" in arg]
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except OverrideParseException as err:
+        raise ConfigError(str(err).splitlines()[0]) from None
+    for override in parsed:
+        key = override.key_or_group
+        if override.is_delete() or override.is_add() or key.startswith("hydra"):
+            continue
+        if key in CONFIG_GROUPS:
+            allowed = group_options(key)
+            for value in _choice_values(override):
+                if value not in allowed and value != "null":
+                    raise ConfigError(f"{key}: unknown option '{value}'{_suggest(value, allowed)}; allowed: {', '.join(allowed)}")
+        elif key.split(".")[0] not in SCHEMA_KEYS:
+            raise ConfigError(f"{key}: unknown key{_suggest(key, sorted(SCHEMA_KEYS))}; allowed: {', '.join(sorted(SCHEMA_KEYS))}")
+
+
+def _choice_values(override) -> list[str]:
+    if override.is_sweep_override():
+        if override.is_discrete_sweep():
+            return [str(value) for value in override.sweep_string_iterator()]
+        return []  # glob() and ranges are expanded by Hydra itself
+    return [str(override.value())]
+
+
+def _suggest(value: str, allowed: list[str]) -> str:
+    close = difflib.get_close_matches(value, allowed, n=1)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+@hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
+def hydra_app(cfg: DictConfig) -> None:
+    run_configured_trial(cfg)
+
+
+def run_configured_trial(cfg: DictConfig) -> None:
+    """One Hydra job: validate, run, log. A failure is recorded and reported, never lost."""
+    from sweeplab.tracking import PARENT_RUN_ENV, MlflowTracker
+
+    hydra_cfg = HydraConfig.get()
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    job_label = f"#{hydra_cfg.job.num}" if multirun else "run"
+    tracker = MlflowTracker.from_config(cfg)
+    parent = os.environ.get(PARENT_RUN_ENV) if multirun else None
+    resolved = OmegaConf.to_yaml({k: v for k, v in cfg.items() if k != "hydra"}, resolve=True)
+    overrides = " ".join(hydra_cfg.overrides.task)
+    run_id = None
+    try:
+        from sweeplab.trial import prepare_trial
+
+        trial = prepare_trial(cfg)
+        run_id = _start_trial_run(tracker, trial.spec, overrides, parent, job_label)
+        _run_and_log(tracker, run_id, trial, cfg, resolved, job_label)
+    except Exception as err:  # noqa: BLE001 - every failure must end up in the tracker and the summary
+        message = str(err) if isinstance(err, ConfigError) else f"{type(err).__name__}: {err}"
+        message = message.strip().splitlines()[0] if message.strip() else type(err).__name__
+        print(f"sweeplab: error: trial {job_label} [{overrides}]: {message}" if multirun else f"sweeplab: error: {message}",
+              file=sys.stderr)
+        if not isinstance(err, ConfigError):
+            log.debug("trial failed", exc_info=err)
+        if run_id is None:
+            run_id = tracker.start_run(f"trial {job_label} (invalid)", {}, {"sweeplab.overrides": overrides}, parent)
+        tracker.end_run(run_id, "FAILED", message)
+        outcome.record_failure(message)
+
+
+def _start_trial_run(tracker, spec, overrides: str, parent: str | None, job_label: str) -> str:
+    from sweeplab.tracking import CONFIG_HASH_TAG, device_name, environment_tags
+
+    tags = {
+        CONFIG_HASH_TAG: spec.config_hash,
+        "sweeplab.overrides": overrides,
+        "sweeplab.device": device_name(spec.device),
+        "sweeplab.scheduler": spec.scheduler,
+        **environment_tags(),
+    }
+    name = f"{spec.sampler} s{spec.strength} n{spec.steps} seed{spec.seed}"
+    return tracker.start_run(name, spec.params(), tags, parent)
+
+
+def _run_and_log(tracker, run_id: str, trial, cfg: DictConfig, resolved: str, job_label: str) -> None:
+    import torch
+
+    from sweeplab.models import PipelineCache
+    from sweeplab.runner import run_trial
+
+    global _pipelines
+    if _pipelines is None:
+        _pipelines = PipelineCache()
+    spec = trial.spec
+    loaded = _pipelines.get(spec.model_source, spec.device, getattr(torch, spec.dtype))
+    result = run_trial(trial, loaded, progress_desc=f"trial {job_label}")
+    tracker.log_trial_result(run_id, result, resolved, cfg.tracking.log_step_images)
+    tracker.end_run(run_id, "FINISHED")
+    log.info(
+        "trial %s: %d steps taken, %d UNet evaluations, %.2f s -> run %s",
+        job_label, result.steps_taken, result.unet_evals, result.seconds, run_id,
+    )

@@ -1,0 +1,139 @@
+"""Where a model comes from, checked cheaply up front, and how its img2img pipeline is loaded.
+
+`resolve_model_source` only looks at files, so a bad `model.path` fails before anything
+loads. `PipelineCache` loads each model once per process; samplers are swapped per trial.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from sweeplab.errors import ConfigError
+from sweeplab.render import read_latent_rgb
+from sweeplab.schema import ModelConfig
+
+SourceKind = Literal["toy", "folder", "single_file", "hub"]
+PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth")
+SAFETENSORS_HEADER_LIMIT = 100 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    kind: SourceKind
+    location: str  # hub id, path, or the toy model's version
+    config: str | None = None  # diffusers config for a single-file checkpoint
+    variant: str | None = None
+    revision: str | None = None
+
+    @property
+    def identity(self) -> str:
+        """What distinguishes this model in a trial's config hash."""
+        parts = [self.kind, self.location, self.variant or "", self.revision or ""]
+        return ":".join(parts)
+
+
+def resolve_model_source(model: ModelConfig) -> ModelSource:
+    """Decide where the weights come from, reading only file headers."""
+    if model.path:
+        return _local_source(model)
+    if model.builtin == "toy":
+        from sweeplab.toy import TOY_VERSION
+
+        return ModelSource("toy", TOY_VERSION)
+    if model.builtin:
+        raise ConfigError(f"model.builtin: unknown embedded model '{model.builtin}'; allowed: toy")
+    if model.hub_id:
+        return ModelSource("hub", model.hub_id, variant=model.variant, revision=model.revision)
+    raise ConfigError("model: names no weights; set model.path=..., model.hub_id=... or choose model=toy")
+
+
+def _local_source(model: ModelConfig) -> ModelSource:
+    path = Path(model.path).expanduser().resolve()
+    where = f"model.path: '{model.path}'"
+    if path.is_dir():
+        if not (path / "model_index.json").is_file():
+            raise ConfigError(f"{where} is a folder without model_index.json; expected a diffusers pipeline folder")
+        return ModelSource("folder", str(path), variant=model.variant)
+    if not path.exists():
+        raise ConfigError(f"{where} does not exist; expected a diffusers folder or a .safetensors file")
+    if path.suffix in PICKLE_SUFFIXES:
+        raise ConfigError(f"{where} is a pickle checkpoint; only diffusers folders and .safetensors files are loaded")
+    if path.suffix != ".safetensors":
+        raise ConfigError(f"{where} is not a model; expected a diffusers folder or a .safetensors file")
+    _check_safetensors_header(path, where)
+    return ModelSource("single_file", str(path), config=model.config)
+
+
+def _check_safetensors_header(path: Path, where: str) -> dict:
+    """Read the safetensors JSON header (8-byte length, then JSON) without loading tensors."""
+    try:
+        with path.open("rb") as handle:
+            (length,) = struct.unpack("<Q", handle.read(8))
+            if not 2 <= length <= SAFETENSORS_HEADER_LIMIT:
+                raise ValueError("bad header length")
+            header = json.loads(handle.read(length))
+    except (struct.error, ValueError, UnicodeDecodeError, OSError):
+        raise ConfigError(f"{where} is not a valid .safetensors file") from None
+    if not isinstance(header, dict):
+        raise ConfigError(f"{where} is not a valid .safetensors file")
+    return header
+
+
+def single_file_is_sdxl(path: str) -> bool:
+    """SDXL checkpoints carry a second text encoder under conditioner.embedders.1."""
+    header = _check_safetensors_header(Path(path), f"model.path: '{path}'")
+    return any(key.startswith("conditioner.embedders.1.") for key in header)
+
+
+@dataclass
+class LoadedModel:
+    """A pipeline plus what trials need beside it, kept for the life of a process."""
+
+    pipe: object
+    scheduler_config: dict  # the model's own scheduler config, the base of every sampler swap
+    latent_rgb: tuple | None  # a fitted latent->RGB map shipped with the model, if any
+
+
+def load_img2img_pipeline(source: ModelSource, device: str, dtype) -> LoadedModel:
+    """Load the right img2img pipeline class (SD 1.x/2.x or SDXL) through diffusers."""
+    from diffusers import (
+        AutoPipelineForImage2Image,
+        StableDiffusionImg2ImgPipeline,
+        StableDiffusionXLImg2ImgPipeline,
+    )
+
+    location = source.location
+    if source.kind == "toy":
+        from sweeplab.toy import toy_model_dir
+
+        location = str(toy_model_dir())
+    if source.kind == "single_file":
+        cls = StableDiffusionXLImg2ImgPipeline if single_file_is_sdxl(source.location) else StableDiffusionImg2ImgPipeline
+        pipe = cls.from_single_file(source.location, config=source.config, torch_dtype=dtype)
+    else:
+        pipe = AutoPipelineForImage2Image.from_pretrained(
+            location, torch_dtype=dtype, variant=source.variant, revision=source.revision
+        )
+    latent_rgb = read_latent_rgb(location) if source.kind in ("toy", "folder") else None
+    return LoadedModel(pipe.to(device), dict(pipe.scheduler.config), latent_rgb)
+
+
+class PipelineCache:
+    """One loaded pipeline per (model, device, dtype) for the life of a process."""
+
+    def __init__(self):
+        self._pipelines: dict[tuple, LoadedModel] = {}
+
+    def get(self, source: ModelSource, device: str, dtype) -> LoadedModel:
+        key = (source, device, str(dtype))
+        if key not in self._pipelines:
+            try:
+                self._pipelines[key] = load_img2img_pipeline(source, device, dtype)
+            except (OSError, ValueError) as err:
+                first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                raise ConfigError(f"model: could not load '{source.location}': {first_line}") from err
+        return self._pipelines[key]

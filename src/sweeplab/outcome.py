@@ -1,0 +1,50 @@
+"""How a command ends: a one-line summary per sweep and a non-zero exit when anything failed."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+
+from sweeplab.tracking import ERROR_TAG
+
+_failures: list[str] = []
+
+
+def record_failure(message: str) -> None:
+    _failures.append(message)
+
+
+def exit_code() -> int:
+    return 1 if _failures else 0
+
+
+@dataclass
+class SweepSummary:
+    finished: int = 0
+    failed: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_runs(cls, runs) -> "SweepSummary":
+        summary = cls()
+        for run in runs:
+            if run.info.status == "FINISHED":
+                summary.finished += 1
+            else:
+                summary.failed += 1
+                summary.errors.append(f"{run.info.run_name}: {run.data.tags.get(ERROR_TAG, run.info.status)}")
+        return summary
+
+
+def report_sweep(summary: SweepSummary, tracker, parent_run_id: str) -> None:
+    total = summary.finished + summary.failed
+    print(f"sweeplab: {total} trials: {summary.finished} finished, {summary.failed} failed", file=sys.stderr)
+    for error in summary.errors:
+        print(f"sweeplab:   failed {error}", file=sys.stderr)
+    if summary.failed:
+        record_failure(f"{summary.failed} of {total} trials failed")
+    print(
+        f"sweeplab: MLflow store {tracker.uri}, experiment id {tracker.experiment_id}, sweep run {parent_run_id}\n"
+        f"sweeplab: browse with: mlflow ui --backend-store-uri {tracker.uri}",
+        file=sys.stderr,
+    )

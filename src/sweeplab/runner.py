@@ -1,0 +1,161 @@
+"""Run one img2img trial with diffusers and record what really happened.
+
+Everything is observed, never derived from a formula: the start latent is the one the
+pipeline's `prepare_latents` returned, UNet evaluations are counted by a forward hook,
+and denoising steps are the callbacks after which the scheduler stood between steps.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+from PIL import Image
+
+from sweeplab.models import LoadedModel
+from sweeplab.render import LatentRenderer
+from sweeplab.trial import Trial
+
+
+@dataclass
+class TrialResult:
+    """What one trial produced; plain data, no tracker involved."""
+
+    output: Image.Image
+    init_image: Image.Image
+    start_latent: torch.Tensor  # [4, h, w]: the noised init image the denoiser starts from
+    step_latents: torch.Tensor  # [steps_taken, 4, h, w]: the latent after each denoising step
+    step_timesteps: list[float]  # the timestep each recorded step started from
+    steps_taken: int
+    unet_evals: int
+    seconds: float
+    start_image: Image.Image = field(repr=False)  # start_latent rendered
+    step_images: list[Image.Image] = field(repr=False)  # step_latents rendered
+    latent_strip: Image.Image = field(repr=False)
+
+
+class _StartLatentRecorder:
+    """Mixin that keeps the latent `prepare_latents` returns: the noised init image."""
+
+    recorded_start_latent: torch.Tensor | None = None
+
+    def prepare_latents(self, *args, **kwargs):
+        latents = super().prepare_latents(*args, **kwargs)
+        self.recorded_start_latent = latents.detach().float().cpu().clone()
+        return latents
+
+
+_recording_classes: dict[type, type] = {}
+
+
+def recording_pipeline(pipe):
+    """The same pipeline (shared modules, no copy) as a subclass that records its start latent."""
+    cls = type(pipe)
+    if issubclass(cls, _StartLatentRecorder):
+        return pipe
+    if cls not in _recording_classes:
+        _recording_classes[cls] = type(f"Recording{cls.__name__}", (_StartLatentRecorder, cls), {})
+    return _recording_classes[cls].from_pipe(pipe)
+
+
+class _StepRecorder:
+    """A `callback_on_step_end` that keeps each latent and whether it completed a step."""
+
+    def __init__(self):
+        self.latents: list[torch.Tensor] = []
+        self.timesteps: list[float] = []
+        self.completes_step: list[bool] = []
+
+    def __call__(self, pipe, step_index: int, timestep, callback_kwargs: dict) -> dict:
+        self.latents.append(callback_kwargs["latents"][0].detach().float().cpu().clone())
+        self.timesteps.append(float(timestep))
+        self.completes_step.append(_scheduler_between_steps(pipe.scheduler))
+        return {}
+
+    def completed(self) -> tuple[list[torch.Tensor], list[float]]:
+        """Latents that ended a denoising step; the last callback always ends the run."""
+        marks = list(self.completes_step)
+        if marks:
+            marks[-1] = True
+        kept = [index for index, mark in enumerate(marks) if mark]
+        return [self.latents[i] for i in kept], [self.timesteps[i] for i in kept]
+
+
+def _scheduler_between_steps(scheduler) -> bool:
+    """Ask the scheduler whether its last `step()` finished a denoising step.
+
+    Second-order samplers (Heun, DPM2) keep a half-finished step until their correction;
+    PLMS spends its first step on a provisional update that the second evaluation redoes.
+    """
+    if hasattr(scheduler, "state_in_first_order"):
+        return bool(scheduler.state_in_first_order)
+    if type(scheduler).__name__ == "PNDMScheduler" and scheduler.config.skip_prk_steps:
+        return scheduler.counter != 1
+    return True
+
+
+class _UnetEvalCounter:
+    """Counts UNet forward calls with a PyTorch forward pre-hook."""
+
+    def __init__(self, unet):
+        self.count = 0
+        self._handle = unet.register_forward_pre_hook(self._count)
+
+    def _count(self, module, args):
+        self.count += 1
+
+    def remove(self):
+        self._handle.remove()
+
+
+def swap_scheduler(loaded: LoadedModel, scheduler: str, options: dict):
+    """A fresh scheduler of the trial's class, built from the model's own scheduler config."""
+    import diffusers
+
+    cls = getattr(diffusers, scheduler)
+    return cls.from_config(loaded.scheduler_config, **options)
+
+
+def run_trial(trial: Trial, loaded: LoadedModel, progress_desc: str | None = None) -> TrialResult:
+    """Run one trial deterministically: a fresh CPU generator seeded with the trial's seed."""
+    spec = trial.spec
+    pipe = recording_pipeline(loaded.pipe)
+    pipe.scheduler = swap_scheduler(loaded, spec.scheduler, spec.scheduler_options)
+    pipe.set_progress_bar_config(desc=progress_desc, leave=False)
+    steps = _StepRecorder()
+    unet_evals = _UnetEvalCounter(pipe.unet)
+    started = time.perf_counter()
+    try:
+        output = pipe(
+            prompt=spec.prompt,
+            negative_prompt=spec.negative_prompt or None,
+            image=trial.init_image,
+            strength=spec.strength,
+            num_inference_steps=spec.steps,
+            guidance_scale=spec.cfg_scale,
+            generator=torch.Generator("cpu").manual_seed(spec.seed),
+            output_type="pil",
+            callback_on_step_end=steps,
+            callback_on_step_end_tensor_inputs=["latents"],
+        ).images[0]
+    finally:
+        unet_evals.remove()
+    seconds = time.perf_counter() - started
+
+    step_latents, step_timesteps = steps.completed()
+    renderer = LatentRenderer(trial.preview.method, pipe, loaded.latent_rgb)
+    stacked = torch.stack(step_latents)
+    return TrialResult(
+        output=output,
+        init_image=trial.init_image,
+        start_latent=pipe.recorded_start_latent[0],
+        step_latents=stacked,
+        step_timesteps=step_timesteps,
+        steps_taken=len(step_latents),
+        unet_evals=unet_evals.count,
+        seconds=seconds,
+        start_image=renderer.render(pipe.recorded_start_latent[0]),
+        step_images=[renderer.render(latent) for latent in stacked],
+        latent_strip=renderer.strip(stacked, trial.preview.tile_size),
+    )

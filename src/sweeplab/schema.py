@@ -1,0 +1,119 @@
+"""Typed schema of a sweeplab config, registered in Hydra's ConfigStore.
+
+Hydra composes the YAML in conf/ untyped, so that a bad value in one trial of a
+sweep fails that trial alone. `validate_config` merges each trial's config into
+these dataclasses and turns OmegaConf's errors into one line naming the key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, ValidationError
+
+from sweeplab.errors import ConfigError
+
+
+@dataclass
+class ModelConfig:
+    name: str = "toy"
+    builtin: Optional[str] = None  # "toy": the embedded model
+    hub_id: Optional[str] = None  # a Hugging Face hub repository id
+    path: Optional[str] = None  # a local diffusers folder or single .safetensors file; wins over hub_id
+    config: Optional[str] = None  # diffusers config folder or hub id for a single-file checkpoint
+    variant: Optional[str] = None  # e.g. "fp16" weight files on the hub
+    revision: Optional[str] = None
+
+
+@dataclass
+class SamplerConfig:
+    name: str = "k_lms"
+    scheduler: str = "LMSDiscreteScheduler"  # a diffusers scheduler class
+    options: dict[str, Any] = field(default_factory=dict)  # passed to Scheduler.from_config
+
+
+@dataclass
+class TrackingConfig:
+    uri: Optional[str] = None
+    experiment: Optional[str] = None
+    log_step_images: bool = True
+
+
+@dataclass
+class PreviewConfig:
+    method: str = "linear"
+    tile_size: int = 96
+
+
+@dataclass
+class SweeplabConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    preview: PreviewConfig = field(default_factory=PreviewConfig)
+    prompt: str = "fire"
+    negative_prompt: str = ""
+    init_image: str = "fireplace"
+    strength: float = 0.75
+    steps: int = 50
+    seed: int = 1592514025
+    cfg_scale: float = 7.5
+    width: Optional[int] = None
+    height: Optional[int] = None
+    device: str = "auto"
+    dtype: str = "auto"
+
+
+ConfigStore.instance().store(name="sweeplab_schema", node=SweeplabConfig)
+ConfigStore.instance().store(group="model", name="sweeplab_model_schema", node=ModelConfig)
+ConfigStore.instance().store(group="sampler", name="sweeplab_sampler_schema", node=SamplerConfig)
+ConfigStore.instance().store(group="tracking", name="sweeplab_tracking_schema", node=TrackingConfig)
+
+SCHEMA_KEYS = frozenset(f for f in SweeplabConfig.__dataclass_fields__)
+
+
+def validate_config(cfg: DictConfig) -> SweeplabConfig:
+    """Type-check one trial's config against the schema; one-line ConfigError on failure."""
+    user_cfg = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k != "hydra"}
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(SweeplabConfig), user_cfg)
+    except ConfigKeyError as err:
+        raise ConfigError(f"{err.full_key or err.key}: unknown key; allowed: {_allowed_keys(err.full_key)}") from None
+    except ValidationError as err:
+        expected = _expected_type(err.full_key)
+        raise ConfigError(f"{err.full_key}: {err.msg.splitlines()[0]}; expected {expected}") from None
+    return OmegaConf.to_object(merged)
+
+
+_TYPE_WORDS = {
+    "str": "a string",
+    "int": "an integer",
+    "float": "a number",
+    "bool": "true or false",
+    "dict[str, Any]": "a mapping",
+}
+
+
+def _field(full_key: str | None):
+    """The dataclass field behind a dotted key, and the dataclass holding it."""
+    node: Any = SweeplabConfig
+    parts = (full_key or "").split(".")
+    for part in parts[:-1]:
+        node = node.__dataclass_fields__[part].default_factory
+    return node, node.__dataclass_fields__.get(parts[-1])
+
+
+def _allowed_keys(full_key: str | None) -> str:
+    holder, _ = _field(full_key)
+    return ", ".join(holder.__dataclass_fields__)
+
+
+def _expected_type(full_key: str) -> str:
+    _, spec = _field(full_key)
+    annotation = str(spec.type)
+    optional = annotation.startswith("Optional[")
+    base = annotation.removeprefix("Optional[").removesuffix("]") if optional else annotation
+    return _TYPE_WORDS.get(base, base) + (" or null" if optional else "")

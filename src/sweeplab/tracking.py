@@ -1,0 +1,193 @@
+"""MLflow logging: one parent run per sweep, one child run per trial.
+
+The parent run and the experiment are created once, on the launching side, by a Hydra
+callback; workers only create their own child runs. The parent id reaches workers
+through the environment, which every Hydra launcher passes on.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import re
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger("sweeplab")
+
+PARENT_RUN_ENV = "SWEEPLAB_PARENT_RUN_ID"
+TRACKING_URI_ENV = "SWEEPLAB_TRACKING_URI"
+DEFAULT_EXPERIMENT = "sweeplab"
+STEP_IMAGE_KEY = "latent"
+CONFIG_HASH_TAG = "sweeplab.config_hash"
+ERROR_TAG = "sweeplab.error"
+
+
+def resolve_tracking_uri(configured: str | None) -> str:
+    """tracking.uri, else MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the current directory."""
+    uri = configured or os.environ.get(TRACKING_URI_ENV) or os.environ.get("MLFLOW_TRACKING_URI")
+    return uri or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def experiment_name(cfg: DictConfig) -> str:
+    """tracking.experiment, else the experiment=NAME in use, else 'sweeplab'."""
+    if cfg.tracking.get("experiment"):
+        return cfg.tracking.experiment
+    choices = OmegaConf.select(cfg, "hydra.runtime.choices", default=None) or {}
+    return choices.get("experiment") or DEFAULT_EXPERIMENT
+
+
+def _sqlite_artifact_root(uri: str, name: str) -> str | None:
+    """Artifacts of a SQLite store live beside the database, in mlartifacts/."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    db_path = Path(uri.removeprefix("sqlite:///"))
+    return (db_path.parent / "mlartifacts" / re.sub(r"[^A-Za-z0-9_.-]", "_", name)).as_uri()
+
+
+class MlflowTracker:
+    """Writes trials to one MLflow experiment through an explicit MlflowClient."""
+
+    def __init__(self, uri: str, experiment: str):
+        from mlflow import MlflowClient
+
+        self.uri = uri
+        self.client = MlflowClient(tracking_uri=uri)
+        self.experiment_id = self._ensure_experiment(experiment)
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig) -> "MlflowTracker":
+        return cls(resolve_tracking_uri(cfg.tracking.get("uri")), experiment_name(cfg))
+
+    def _ensure_experiment(self, name: str) -> str:
+        from mlflow.exceptions import MlflowException
+
+        found = self.client.get_experiment_by_name(name)
+        if found is not None:
+            return found.experiment_id
+        try:
+            return self.client.create_experiment(name, artifact_location=_sqlite_artifact_root(self.uri, name))
+        except MlflowException:  # created meanwhile by another process
+            return self.client.get_experiment_by_name(name).experiment_id
+
+    def start_run(self, run_name: str, params: dict[str, str], tags: dict[str, str], parent_run_id: str | None) -> str:
+        """Create a RUNNING run with its params up front, so a failure still shows what was tried."""
+        from mlflow.entities import Param, RunTag
+
+        if parent_run_id:
+            tags = {**tags, "mlflow.parentRunId": parent_run_id}
+        run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
+        self.client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in params.items()])
+        self.client.log_batch(run.info.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        return run.info.run_id
+
+    def log_trial_result(self, run_id: str, result, resolved_config: str, log_step_images: bool) -> None:
+        """Metrics, artifacts and per-step previews of a finished trial."""
+        from mlflow.entities import Metric
+        from safetensors.torch import save_file
+
+        now = int(time.time() * 1000)
+        metrics = {"steps_taken": result.steps_taken, "unet_evals": result.unet_evals, "seconds": result.seconds}
+        self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp)
+            result.init_image.save(folder / "init.png")
+            result.output.save(folder / "output.png")
+            result.start_image.save(folder / "start.png")
+            result.latent_strip.save(folder / "latent_strip.png")
+            (folder / "config.yaml").write_text(resolved_config)
+            save_file(
+                {"start": result.start_latent.half().contiguous(), "steps": result.step_latents.half().contiguous()},
+                str(folder / "latents.safetensors"),
+                metadata={"timesteps": ",".join(f"{t:g}" for t in result.step_timesteps)},
+            )
+            self.client.log_artifacts(run_id, tmp)
+        if log_step_images:
+            self.client.log_image(run_id, result.start_image, key=STEP_IMAGE_KEY, step=0)
+            for step, image in enumerate(result.step_images, start=1):
+                self.client.log_image(run_id, image, key=STEP_IMAGE_KEY, step=step)
+
+    def end_run(self, run_id: str, status: str = "FINISHED", error: str | None = None) -> None:
+        if error:
+            self.client.set_tag(run_id, ERROR_TAG, error)
+        self.client.set_terminated(run_id, status)
+
+    def child_runs(self, parent_run_id: str) -> list:
+        """Every child run of a sweep, paging past search_runs' 1000-row limit."""
+        runs, token = [], None
+        while True:
+            page = self.client.search_runs(
+                [self.experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}'", page_token=token
+            )
+            runs.extend(page)
+            token = page.token
+            if not token:
+                return runs
+
+
+@functools.cache
+def environment_tags() -> dict[str, str]:
+    """Where a trial ran: code version, library versions and device, once per process."""
+    import diffusers
+    import torch
+
+    return {
+        "sweeplab.git_commit": _git_commit(),
+        "sweeplab.torch_version": torch.__version__,
+        "sweeplab.diffusers_version": diffusers.__version__,
+    }
+
+
+def device_name(device: str) -> str:
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    return device
+
+
+def _git_commit() -> str:
+    source_dir = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(source_dir), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return out.stdout.strip() if out.returncode == 0 else "unknown"
+
+
+class MlflowSweepCallback(Callback):
+    """Creates the experiment and the sweep's parent run before any job, and closes it after."""
+
+    def __init__(self):
+        self.tracker: MlflowTracker | None = None
+        self.parent_run_id: str | None = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        self.tracker = MlflowTracker.from_config(config)
+        overrides = " ".join(OmegaConf.select(config, "hydra.overrides.task", default=[]) or [])
+        self.parent_run_id = self.tracker.start_run(
+            run_name=f"sweep {Path(str(config.hydra.sweep.dir)).as_posix()}",
+            params={},
+            tags={"sweeplab.sweep": "true", "sweeplab.overrides": overrides, **environment_tags()},
+            parent_run_id=None,
+        )
+        os.environ[PARENT_RUN_ENV] = self.parent_run_id
+        os.environ[TRACKING_URI_ENV] = self.tracker.uri
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        from sweeplab import outcome
+
+        children = self.tracker.child_runs(self.parent_run_id)
+        summary = outcome.SweepSummary.from_runs(children)
+        self.tracker.end_run(self.parent_run_id, "FAILED" if summary.failed else "FINISHED")
+        os.environ.pop(PARENT_RUN_ENV, None)
+        os.environ.pop(TRACKING_URI_ENV, None)
+        outcome.report_sweep(summary, self.tracker, self.parent_run_id)
