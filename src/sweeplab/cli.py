@@ -23,6 +23,8 @@ from sweeplab.errors import ConfigError
 from sweeplab.schema import SCHEMA_KEYS
 
 log = logging.getLogger("sweeplab")
+# transformers warns about optional image processors that img2img never uses
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 CONF_DIR = Path(os.environ.get("SWEEPLAB_CONFIG_DIR", Path(__file__).resolve().parents[2] / "conf"))
 CONFIG_GROUPS = ("model", "sampler", "tracking", "experiment")

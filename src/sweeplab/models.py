@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import torch
+
 from sweeplab.errors import ConfigError
 from sweeplab.render import read_latent_rgb
 from sweeplab.schema import ModelConfig
@@ -89,11 +91,35 @@ def single_file_is_sdxl(path: str) -> bool:
     return any(key.startswith("conditioner.embedders.1.") for key in header)
 
 
+class StartLatentRecorder:
+    """Mixin that keeps the latent `prepare_latents` returns: the noised init image."""
+
+    recorded_start_latent: torch.Tensor | None = None
+
+    def prepare_latents(self, *args, **kwargs):
+        latents = super().prepare_latents(*args, **kwargs)
+        self.recorded_start_latent = latents.detach().float().cpu().clone()
+        return latents
+
+
+_recording_classes: dict[type, type] = {}
+
+
+def recording_pipeline(pipe):
+    """The same pipeline (shared modules, no copy) as a subclass that records its start latent."""
+    cls = type(pipe)
+    if issubclass(cls, StartLatentRecorder):
+        return pipe
+    if cls not in _recording_classes:
+        _recording_classes[cls] = type(f"Recording{cls.__name__}", (StartLatentRecorder, cls), {})
+    return _recording_classes[cls].from_pipe(pipe)
+
+
 @dataclass
 class LoadedModel:
     """A pipeline plus what trials need beside it, kept for the life of a process."""
 
-    pipe: object
+    pipe: StartLatentRecorder  # an img2img pipeline that keeps its start latent
     scheduler_config: dict  # the model's own scheduler config, the base of every sampler swap
     latent_rgb: tuple | None  # a fitted latent->RGB map shipped with the model, if any
 
@@ -113,13 +139,15 @@ def load_img2img_pipeline(source: ModelSource, device: str, dtype) -> LoadedMode
         location = str(toy_model_dir())
     if source.kind == "single_file":
         cls = StableDiffusionXLImg2ImgPipeline if single_file_is_sdxl(source.location) else StableDiffusionImg2ImgPipeline
-        pipe = cls.from_single_file(source.location, config=source.config, torch_dtype=dtype)
+        pipe = cls.from_single_file(source.location, config=source.config, dtype=dtype)
     else:
         pipe = AutoPipelineForImage2Image.from_pretrained(
-            location, torch_dtype=dtype, variant=source.variant, revision=source.revision
+            location, dtype=dtype, variant=source.variant, revision=source.revision
         )
     latent_rgb = read_latent_rgb(location) if source.kind in ("toy", "folder") else None
-    return LoadedModel(pipe.to(device), dict(pipe.scheduler.config), latent_rgb)
+    if device != "cpu":
+        pipe = pipe.to(device)
+    return LoadedModel(recording_pipeline(pipe), dict(pipe.scheduler.config), latent_rgb)
 
 
 class PipelineCache:

@@ -35,30 +35,6 @@ class TrialResult:
     latent_strip: Image.Image = field(repr=False)
 
 
-class _StartLatentRecorder:
-    """Mixin that keeps the latent `prepare_latents` returns: the noised init image."""
-
-    recorded_start_latent: torch.Tensor | None = None
-
-    def prepare_latents(self, *args, **kwargs):
-        latents = super().prepare_latents(*args, **kwargs)
-        self.recorded_start_latent = latents.detach().float().cpu().clone()
-        return latents
-
-
-_recording_classes: dict[type, type] = {}
-
-
-def recording_pipeline(pipe):
-    """The same pipeline (shared modules, no copy) as a subclass that records its start latent."""
-    cls = type(pipe)
-    if issubclass(cls, _StartLatentRecorder):
-        return pipe
-    if cls not in _recording_classes:
-        _recording_classes[cls] = type(f"Recording{cls.__name__}", (_StartLatentRecorder, cls), {})
-    return _recording_classes[cls].from_pipe(pipe)
-
-
 class _StepRecorder:
     """A `callback_on_step_end` that keeps each latent and whether it completed a step."""
 
@@ -120,7 +96,7 @@ def swap_scheduler(loaded: LoadedModel, scheduler: str, options: dict):
 def run_trial(trial: Trial, loaded: LoadedModel, progress_desc: str | None = None) -> TrialResult:
     """Run one trial deterministically: a fresh CPU generator seeded with the trial's seed."""
     spec = trial.spec
-    pipe = recording_pipeline(loaded.pipe)
+    pipe = loaded.pipe
     pipe.scheduler = swap_scheduler(loaded, spec.scheduler, spec.scheduler_options)
     pipe.set_progress_bar_config(desc=progress_desc, leave=False)
     steps = _StepRecorder()

@@ -1,0 +1,99 @@
+"""`sweeplab` end to end in separate processes, against a real SQLite MLflow store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+DOC_SWEEP = ["steps=10", "seed=1592514025", "width=384", "height=384", "sampler=k_lms", "prompt=fire"]
+TRIAL_ARTIFACTS = {"init.png", "output.png", "latents.safetensors", "latent_strip.png", "start.png", "config.yaml"}
+TRIAL_PARAMS = {"model", "sampler", "strength", "steps", "seed", "cfg_scale", "width", "height",
+                "prompt", "negative_prompt", "init_image"}
+
+
+def store(folder: Path) -> MlflowClient:
+    return MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
+
+
+def all_runs(client: MlflowClient, experiment: str = "sweeplab"):
+    experiment_id = client.get_experiment_by_name(experiment).experiment_id
+    return client.search_runs([experiment_id])
+
+
+def test_doc_sweep_logs_a_parent_and_one_child_per_trial(sweeplab_cli, tmp_path):
+    done = sweeplab_cli("-m", *DOC_SWEEP, "strength=0.4,0.7")
+    assert done.returncode == 0, done.stderr
+    client = store(tmp_path)
+    runs = all_runs(client)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1 and len(children) == 2
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parents[0].info.run_id}
+    steps = {c.data.params["strength"]: c.data.metrics["steps_taken"] for c in children}
+    assert steps == {"0.4": 4.0, "0.7": 7.0}
+    for child in children:
+        assert child.info.status == "FINISHED"
+        assert TRIAL_PARAMS <= set(child.data.params)
+        assert {"steps_taken", "unet_evals", "seconds"} <= set(child.data.metrics)
+        tags = child.data.tags
+        for tag in ("sweeplab.config_hash", "sweeplab.git_commit", "sweeplab.torch_version",
+                    "sweeplab.diffusers_version", "sweeplab.device"):
+            assert tags[tag]
+        artifacts = {a.path for a in client.list_artifacts(child.info.run_id)}
+        assert TRIAL_ARTIFACTS <= artifacts
+        step_images = [a for a in client.list_artifacts(child.info.run_id, "images") if a.path.endswith(".png")]
+        assert len(step_images) == child.data.metrics["steps_taken"] + 1  # the start image and every step
+    assert parents[0].info.status == "FINISHED"
+    assert "2 trials: 2 finished, 0 failed" in done.stderr
+    assert (tmp_path / "mlartifacts").is_dir()
+
+
+def test_same_trial_in_two_processes_gives_identical_output_bytes(sweeplab_cli, tmp_path):
+    outputs, hashes = [], []
+    for name in ("first", "second"):
+        folder = tmp_path / name
+        folder.mkdir()
+        done = sweeplab_cli(*DOC_SWEEP, "strength=0.7", "tracking.log_step_images=false", cwd=folder)
+        assert done.returncode == 0, done.stderr
+        client = store(folder)
+        (run,) = all_runs(client)
+        hashes.append(run.data.tags["sweeplab.config_hash"])
+        local = client.download_artifacts(run.info.run_id, "output.png", str(folder))
+        outputs.append(Path(local).read_bytes())
+    assert outputs[0] == outputs[1]
+    assert hashes[0] == hashes[1]
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["strength=1.5"], "strength: 1.5 is out of range; allowed 0.0 to 1.0"),
+        (["sampler=k_lmss"], "sampler: unknown option 'k_lmss'; did you mean 'k_lms'?"),
+        (["init_image=missing.png"], "init_image: 'missing.png' is neither an existing file nor a shipped sketch"),
+        (["model.path=notes.txt"], "model.path: 'notes.txt' is not a model"),
+    ],
+)
+def test_invalid_config_exits_with_one_line_before_any_model_loads(sweeplab_cli, tmp_path, args, expected):
+    (tmp_path / "notes.txt").write_text("not a model")
+    empty_cache = tmp_path / "model-cache"
+    done = sweeplab_cli(*args, env={"SWEEPLAB_CACHE": str(empty_cache)})
+    assert done.returncode != 0
+    errors = [line for line in done.stderr.splitlines() if line.startswith("sweeplab: error:")]
+    assert errors == [f"sweeplab: error: {expected}"] or errors[0].startswith(f"sweeplab: error: {expected}")
+    assert len(errors) == 1
+    assert "Traceback" not in done.stderr + done.stdout
+    assert not empty_cache.exists()  # the toy model was never built nor loaded
+
+
+def test_failed_trial_is_recorded_and_the_sweep_goes_on(sweeplab_cli, tmp_path):
+    done = sweeplab_cli("-m", *DOC_SWEEP, "strength=0.4,1.5", "tracking.log_step_images=false")
+    assert done.returncode == 1
+    children = [r for r in all_runs(store(tmp_path)) if "mlflow.parentRunId" in r.data.tags]
+    status = {r.data.params.get("strength", "invalid"): r.info.status for r in children}
+    assert sorted(status.values()) == ["FAILED", "FINISHED"]
+    failed = next(r for r in children if r.info.status == "FAILED")
+    assert failed.data.tags["sweeplab.error"].startswith("strength: 1.5 is out of range")
+    assert "2 trials: 1 finished, 1 failed" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -1,0 +1,133 @@
+"""The real configs in conf/ and experiments/ compose and validate; bad values fail in one line."""
+
+from __future__ import annotations
+
+import inspect
+
+import diffusers
+import pytest
+
+from sweeplab.cli import group_options, preflight
+from sweeplab.errors import ConfigError
+from sweeplab.trial import prepare_trial
+
+SAMPLERS = ["ddim", "plms", "k_lms", "k_euler", "k_euler_a", "k_heun", "k_dpm_2", "k_dpm_2_a", "k_dpmpp_2m", "unipc"]
+
+
+def test_defaults_compose_to_the_documented_values(compose_config):
+    cfg = compose_config()
+    assert cfg.model.name == "toy" and cfg.sampler.name == "k_lms" and cfg.init_image == "fireplace"
+    assert (cfg.strength, cfg.steps, cfg.cfg_scale) == (0.75, 50, 7.5)
+    assert cfg.device == "auto" and cfg.width is None
+
+
+def test_every_required_sampler_and_model_exists():
+    assert set(SAMPLERS) <= set(group_options("sampler"))
+    assert {"toy", "sd15", "sd21", "sdxl", "sd_turbo"} <= set(group_options("model"))
+
+
+@pytest.mark.parametrize("name", SAMPLERS)
+def test_karras_variant_exists_exactly_where_the_scheduler_supports_it(compose_config, name):
+    cls = getattr(diffusers, compose_config(f"sampler={name}").sampler.scheduler)
+    supports = "use_karras_sigmas" in inspect.signature(cls.__init__).parameters
+    assert (f"{name}_karras" in group_options("sampler")) == supports
+    if supports:
+        karras = compose_config(f"sampler={name}_karras").sampler
+        assert karras.scheduler == cls.__name__ and karras.options.use_karras_sigmas is True
+
+
+@pytest.mark.parametrize("name", group_options("sampler"))
+def test_every_sampler_config_validates(compose_config, name):
+    trial = prepare_trial(compose_config(f"sampler={name}"))
+    assert trial.spec.sampler == name
+
+
+def test_demo_experiment_carries_its_grid(compose_config):
+    cfg = compose_config("experiment=demo", with_hydra=True)
+    assert (cfg.steps, cfg.width, cfg.height) == (10, 384, 384)
+    assert dict(cfg.hydra.sweeper.params) == {"strength": "0.4,0.7", "sampler": "k_lms,k_heun"}
+    assert cfg.hydra.runtime.choices.experiment == "demo"
+
+
+def test_trial_size_defaults_to_init_image_rounded_to_8(compose_config, tmp_path):
+    from PIL import Image
+
+    path = tmp_path / "odd.png"
+    Image.new("RGB", (203, 150), "red").save(path)
+    spec = prepare_trial(compose_config(f"init_image={path}")).spec
+    assert (spec.width, spec.height) == (200, 144)
+
+
+def test_config_hash_is_stable_and_tracks_what_matters(compose_config):
+    base = prepare_trial(compose_config("strength=0.7")).spec.config_hash
+    assert prepare_trial(compose_config("strength=0.7")).spec.config_hash == base
+    assert prepare_trial(compose_config("strength=0.4")).spec.config_hash != base
+    assert prepare_trial(compose_config("strength=0.7", "sampler=k_heun")).spec.config_hash != base
+
+
+def test_config_hash_follows_pixels_not_paths(compose_config, tmp_path):
+    from sweeplab.sketches import draw_sketch
+
+    draw_sketch("fireplace").save(tmp_path / "copy.png")
+    from_file = prepare_trial(compose_config(f"init_image={tmp_path / 'copy.png'}")).spec
+    from_sketch = prepare_trial(compose_config("init_image=fireplace")).spec
+    assert from_file.config_hash == from_sketch.config_hash
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["strength=1.5"], "strength: 1.5 is out of range; allowed 0.0 to 1.0"),
+        (["strength=abc"], "strength: "),
+        (["steps=0"], "steps: 0 is out of range"),
+        (["steps=10", "strength=0.05"], "strength x steps: 0.05 x 10 runs no denoising step"),
+        (["init_image=/no/such/file.png"], "init_image: '/no/such/file.png' is neither an existing file"),
+        (["width=100"], "width: 100 is not a positive multiple of 8"),
+        (["model.path=/no/such/model"], "model.path: '/no/such/model' does not exist"),
+        (["dtype=float8"], "dtype: 'float8' is unknown"),
+        (["+sampler.options.use_karras_sigmas=true", "sampler=k_euler_a"], "sampler.options.use_karras_sigmas: not an option"),
+    ],
+)
+def test_bad_values_fail_with_one_line_naming_the_key(compose_config, overrides, expected):
+    with pytest.raises(ConfigError) as info:
+        prepare_trial(compose_config(*overrides))
+    message = str(info.value)
+    assert message.startswith(expected) and "\n" not in message
+
+
+def test_type_error_names_the_expected_type(compose_config):
+    with pytest.raises(ConfigError, match=r"^steps: .*expected an integer$"):
+        prepare_trial(compose_config("steps=ten"))
+
+
+def test_model_path_that_is_no_model(compose_config, tmp_path):
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "weights.safetensors").write_bytes(b"not really safetensors")
+    (tmp_path / "notes.txt").write_text("hello")
+    for path, expected in [
+        (tmp_path / "folder", "without model_index.json"),
+        (tmp_path / "weights.safetensors", "not a valid .safetensors file"),
+        (tmp_path / "notes.txt", "is not a model"),
+    ]:
+        with pytest.raises(ConfigError, match=expected):
+            prepare_trial(compose_config(f"model.path={path}"))
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["sampler=k_lmss"], "sampler: unknown option 'k_lmss'; did you mean 'k_lms'?"),
+        (["-m", "sampler=k_lms,k_eular"], "sampler: unknown option 'k_eular'; did you mean 'k_euler'?"),
+        (["model=sdx1"], "model: unknown option 'sdx1'; did you mean 'sdxl'?"),
+        (["experiment=dmeo"], "experiment: unknown option 'dmeo'; did you mean 'demo'?"),
+        (["strenght=0.5"], "strenght: unknown key; did you mean 'strength'?"),
+    ],
+)
+def test_preflight_catches_unknown_names_with_a_suggestion(argv, expected):
+    with pytest.raises(ConfigError) as info:
+        preflight(argv)
+    assert str(info.value).startswith(expected)
+
+
+def test_preflight_accepts_valid_command_lines():
+    preflight(["-m", "sampler=k_lms,k_heun", "model.path=/x", "hydra/launcher=basic", "+extra=1", "experiment=demo"])

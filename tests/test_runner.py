@@ -1,0 +1,109 @@
+"""A trial runs and is measured without MLflow: steps, UNet evaluations, latents, determinism."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+
+from sweeplab.runner import run_trial
+from sweeplab.trial import prepare_trial
+
+DOC_TRIAL = ("steps=10", "width=384", "height=384", "seed=1592514025", "prompt=fire", "sampler=k_lms")
+
+
+def png_bytes(image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def run(compose_config, toy_model):
+    def _run(*overrides):
+        trial = prepare_trial(compose_config(*DOC_TRIAL, *overrides))
+        return run_trial(trial, toy_model), toy_model.pipe
+
+    return _run
+
+
+@pytest.mark.parametrize(("strength", "expected_steps"), [(0.7, 7), (0.4, 4)])
+def test_doc_trial_takes_the_doc_step_counts(run, strength, expected_steps):
+    result, _ = run(f"strength={strength}")
+    assert result.steps_taken == expected_steps
+    assert result.unet_evals == expected_steps  # LMS: one evaluation per step
+    assert result.step_latents.shape == (expected_steps, 4, 48, 48)
+    assert result.start_latent.shape == (4, 48, 48)
+    assert result.output.size == (384, 384)
+    assert result.latent_strip.size == (96 * expected_steps, 96)
+    assert len(result.step_images) == expected_steps and result.seconds > 0
+
+
+@pytest.mark.parametrize(
+    ("sampler", "steps", "strength"),
+    [("k_heun", 10, 0.7), ("k_dpm_2", 10, 0.4), ("plms", 10, 0.7), ("k_heun", 29, 0.7), ("k_euler", 29, 0.7)],
+)
+def test_counts_match_what_diffusers_did(run, sampler, steps, strength):
+    result, pipe = run(f"sampler={sampler}", f"steps={steps}", f"strength={strength}")
+    # The pipeline's own loop length is the number of UNet calls it made (CFG is batched).
+    assert result.unet_evals == pipe._num_timesteps
+    # diffusers' get_timesteps: int(steps * strength) denoising steps from the image.
+    assert result.steps_taken == int(steps * strength)
+    if sampler in ("k_heun", "k_dpm_2", "plms"):
+        assert result.unet_evals != result.steps_taken
+
+
+def test_heun_and_plms_figures_from_the_reference_table(run):
+    heun, _ = run("sampler=k_heun", "strength=0.7")
+    plms, _ = run("sampler=plms", "strength=0.7")
+    assert (heun.steps_taken, heun.unet_evals) == (7, 13)
+    assert (plms.steps_taken, plms.unet_evals) == (7, 8)
+
+
+def test_start_latent_is_noisier_at_higher_strength(run, toy_model):
+    """The start latent is the VAE latent of the init image plus noise scaled by strength."""
+    strong, _ = run("strength=0.7")
+    weak, _ = run("strength=0.4")
+    vae = toy_model.pipe.vae
+    image = toy_model.pipe.image_processor.preprocess(strong.init_image)
+    with torch.no_grad():
+        clean = vae.encode(image).latent_dist.mean[0] * vae.config.scaling_factor
+    noise_strong = (strong.start_latent - clean).std()
+    noise_weak = (weak.start_latent - clean).std()
+    assert noise_strong > 1.5 * noise_weak > 0
+
+
+def test_same_trial_twice_gives_identical_bytes(run):
+    first, _ = run("strength=0.7")
+    second, _ = run("strength=0.7")
+    assert png_bytes(first.output) == png_bytes(second.output)
+    assert torch.equal(first.step_latents, second.step_latents)
+
+
+def test_seed_changes_the_output(run):
+    first, _ = run("strength=0.7", "seed=1")
+    second, _ = run("strength=0.7", "seed=2")
+    assert png_bytes(first.output) != png_bytes(second.output)
+
+
+def test_sampler_swap_reuses_the_loaded_model(compose_config):
+    from sweeplab.models import PipelineCache
+
+    cache = PipelineCache()
+    loaded, unets = [], []
+    for sampler in ("k_lms", "k_heun", "ddim"):
+        trial = prepare_trial(compose_config(*DOC_TRIAL, "strength=0.4", f"sampler={sampler}"))
+        model = cache.get(trial.spec.model_source, "cpu", torch.float32)
+        run_trial(trial, model)
+        assert type(model.pipe.scheduler).__name__ == trial.spec.scheduler
+        loaded.append(model)
+        unets.append(model.pipe.unet)
+    assert loaded[0] is loaded[1] is loaded[2]
+    assert unets[0] is unets[1] is unets[2]
+
+
+def test_vae_preview_renders_full_resolution(run):
+    result, _ = run("strength=0.4", "preview.method=vae", "preview.tile_size=32")
+    assert result.start_image.size == (384, 384)
+    assert result.latent_strip.size == (32 * 4, 32)
