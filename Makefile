@@ -1,0 +1,26 @@
+# Two commands: `make demo` (set up and run a demo sweep) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The CPU wheel; a torch already in the venv (e.g. a CUDA build) is kept as it is.
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: install demo test clean-demo
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --disable-pip-version-check -q "$(TORCH_SPEC)"
+	$(PY) -m pip install --disable-pip-version-check -q -e ".[test]"
+	touch $@
+
+demo: install
+	$(VENV)/bin/sweeplab -m experiment=demo
+	@echo
+	@echo "Results: MLflow store sqlite:///$(CURDIR)/mlflow.db, artifacts in $(CURDIR)/mlartifacts/demo"
+	@echo "Browse them:  $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db"
+	@echo "then open http://127.0.0.1:5000 and the experiment 'demo'."
+
+test: install
+	$(PY) -m pytest -q -p no:cacheprovider

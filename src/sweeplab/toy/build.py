@@ -1,0 +1,230 @@
+"""Build, cache and describe the embedded ``toy`` model.
+
+The toy model has Stable Diffusion 1.x's architecture (VAE with 8x downsampling,
+cross-attention UNet, CLIP text encoder, SD 1.5 scheduler) but tiny random
+weights, so sweeps, tests and demos run end to end on a laptop CPU without any
+download. It is saved in diffusers format and loaded with the ordinary
+``from_pretrained`` path, exactly like a real checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel
+
+from sweeplab.render import LATENT_RGB_FILE
+from sweeplab.toy.tokenizer import MODEL_MAX_LENGTH, build_tokenizer, write_vocab
+
+TOY_VERSION = "random-v1"
+"""Names the cache folder; bump it whenever the architecture or weights change."""
+
+# Stable Diffusion 1.5's scheduler_config.json. PNDM has no clip_sample parameter, but from_config
+# keeps the key so that swapping in e.g. DDIM via ``from_config(pipe.scheduler.config)`` behaves like SD 1.5.
+SD15_SCHEDULER_CONFIG = {
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "num_train_timesteps": 1000,
+    "skip_prk_steps": True,
+    "set_alpha_to_one": False,
+    "steps_offset": 1,
+    "clip_sample": False,
+}
+
+_FIT_SEED = 1234
+_FIT_IMAGES = 16
+_FIT_SIZE = 128
+
+
+def default_cache_root() -> Path:
+    """``$SWEEPLAB_CACHE`` if set (e.g. a shared cluster scratch dir), else ``~/.cache/sweeplab``."""
+    env = os.environ.get("SWEEPLAB_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "sweeplab"
+
+
+def _build_vae() -> AutoencoderKL:
+    """Four blocks give SD's 8x downsampling; narrow channels keep 384x384 encode/decode cheap.
+
+    The posterior's log-variance is pinned to -20: random weights would give
+    logvar ~ 0, so sampled latents would be mostly noise, whereas the real SD
+    VAE's posterior is nearly deterministic.
+    """
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(32, 32, 64, 64),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=32,
+        sample_size=384,
+    )
+    latent = vae.config.latent_channels
+    with torch.no_grad():
+        vae.quant_conv.weight[latent:] = 0.0
+        vae.quant_conv.bias[latent:] = -20.0
+    return vae
+
+
+def _build_unet() -> UNet2DConditionModel:
+    """The configuration diffusers' own fast Stable Diffusion tests use; sample_size 48 -> 384 px default."""
+    return UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=2,
+        sample_size=48,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32,
+    )
+
+
+def _build_text_encoder(vocab_size: int, bos_token_id: int, eos_token_id: int) -> CLIPTextModel:
+    return CLIPTextModel(
+        CLIPTextConfig(
+            hidden_size=32,
+            intermediate_size=37,
+            num_hidden_layers=5,
+            num_attention_heads=4,
+            max_position_embeddings=MODEL_MAX_LENGTH,
+            vocab_size=vocab_size,
+            bos_token_id=bos_token_id,
+            eos_token_id=eos_token_id,
+            pad_token_id=eos_token_id,
+        )
+    )
+
+
+def fit_images() -> torch.Tensor:
+    """A fixed set of images in [-1, 1]: solid colours, colour blocks and smooth colour fields.
+
+    Drawn from their own generator so they do not depend on the weight seed.
+    """
+    gen = torch.Generator().manual_seed(_FIT_SEED)
+    images = []
+    for i in range(_FIT_IMAGES):
+        grid = (1, 2, 4, 8)[i % 4]
+        mode = "nearest" if (i // 4) % 2 == 0 else "bilinear"
+        colours = torch.rand(1, 3, grid, grid, generator=gen) * 2 - 1
+        images.append(F.interpolate(colours, size=(_FIT_SIZE, _FIT_SIZE), mode=mode))
+    return torch.cat(images)
+
+
+def _unscaled_latents(vae: AutoencoderKL, images: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return vae.encode(images).latent_dist.mode()
+
+
+def build_toy_pipeline(seed: int = 0) -> StableDiffusionPipeline:
+    """Construct the toy pipeline in memory, deterministically.
+
+    A fixed seed plus a fixed construction order give the same weight bytes in
+    every process on the same torch version. The caller's global RNG state is
+    restored afterwards, so whether the cache had to be built never changes what
+    a run draws later. The VAE's ``scaling_factor`` is set, like SD's 0.18215, so
+    the latents the UNet sees have roughly unit standard deviation; otherwise
+    img2img's noise would swamp the image at any strength.
+    """
+    tokenizer = build_tokenizer()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        vae = _build_vae()
+        unet = _build_unet()
+        text_encoder = _build_text_encoder(len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id)
+    latent_std = _unscaled_latents(vae, fit_images()).std().item()
+    vae.register_to_config(scaling_factor=float(f"{1.0 / latent_std:.3g}"))
+    return StableDiffusionPipeline(
+        vae=vae.eval(),
+        text_encoder=text_encoder.eval(),
+        tokenizer=tokenizer,
+        unet=unet.eval(),
+        scheduler=PNDMScheduler.from_config(SD15_SCHEDULER_CONFIG),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+@dataclass(frozen=True)
+class LatentRGB:
+    """Linear latent -> RGB preview map: ``rgb = latent(h, w, 4) @ factors + bias`` in [-1, 1]."""
+
+    factors: torch.Tensor  # (4, 3)
+    bias: torch.Tensor  # (3,)
+    residual_rms: float
+
+
+def fit_latent_rgb(vae: AutoencoderKL) -> LatentRGB:
+    """Least-squares fit of scaled VAE latents to the fit images area-downsampled to latent resolution.
+
+    Random weights have no published preview factors (like InvokeAI's SD 1.x
+    ones), so they are fitted here; the latents are the ones the UNet sees
+    (``mode() * scaling_factor``). The fit is weak by nature: a random encoder's
+    GroupNorms normalise each image's colour statistics away, and
+    ``residual_rms`` records how much is left unexplained.
+    """
+    images = fit_images()
+    latents = _unscaled_latents(vae, images) * vae.config.scaling_factor
+    factor = images.shape[-1] // latents.shape[-1]
+    targets = F.avg_pool2d(images, factor)
+    x = latents.permute(0, 2, 3, 1).reshape(-1, latents.shape[1]).double()
+    y = targets.permute(0, 2, 3, 1).reshape(-1, 3).double()
+    design = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], dim=1)
+    solution = torch.linalg.lstsq(design, y).solution
+    residual = (design @ solution - y).pow(2).mean().sqrt().item()
+    return LatentRGB(solution[:-1].float(), solution[-1].float(), residual)
+
+
+def save_toy_model(folder: Path, seed: int = 0) -> None:
+    """Write the toy pipeline (safetensors), its latent->RGB map and plain vocab files to ``folder``."""
+    pipe = build_toy_pipeline(seed)
+    pipe.save_pretrained(folder, safe_serialization=True)
+    # transformers 5 saves only tokenizer.json; vocab.json/merges.txt let transformers 4 load it too.
+    write_vocab(Path(folder) / "tokenizer")
+    fit = fit_latent_rgb(pipe.vae)
+    # The diagnostic residual is rounded: its last float64 digits vary with reduction order across processes.
+    fitted = {"factors": fit.factors.tolist(), "bias": fit.bias.tolist(), "residual_rms": round(fit.residual_rms, 6)}
+    (Path(folder) / LATENT_RGB_FILE).write_text(json.dumps(fitted))
+
+
+def _is_complete(folder: Path) -> bool:
+    return (folder / "model_index.json").is_file()
+
+
+def toy_model_dir(cache_root: Path | str | None = None) -> Path:
+    """Return the saved toy model folder, building it on first use.
+
+    Safe for many processes at once (e.g. SLURM array tasks): each builds into a
+    private temporary folder in the cache root and renames it into place; a
+    process that loses the race discards its copy. Because the rename is atomic,
+    the target exists only when complete (it has ``model_index.json``).
+    """
+    root = Path(cache_root) if cache_root is not None else default_cache_root()
+    target = root / f"toy-{TOY_VERSION}"
+    if _is_complete(target):
+        return target
+    if target.exists():
+        raise RuntimeError(f"{target} exists but has no model_index.json; delete it to rebuild the toy model")
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=root))
+    try:
+        save_toy_model(tmp)
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not _is_complete(target):
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
