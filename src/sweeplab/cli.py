@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from sweeplab import outcome
+from sweeplab import interrupts, outcome
 from sweeplab.errors import ConfigError
 from sweeplab.schema import SCHEMA_KEYS
 
@@ -39,7 +40,14 @@ def main() -> None:
     except ConfigError as err:
         print(f"sweeplab: error: {err}", file=sys.stderr)
         sys.exit(2)
-    hydra_app()
+    interrupts.install()
+    try:
+        hydra_app()
+    except KeyboardInterrupt:
+        name = interrupts.received or "SIGINT"
+        print(f"sweeplab: interrupted by {name}: runs in flight are marked KILLED; "
+              "run the same command again to complete what is missing", file=sys.stderr)
+        sys.exit(128 + signal.Signals[name])
     sys.exit(outcome.exit_code())
 
 
@@ -89,23 +97,31 @@ def hydra_app(cfg: DictConfig) -> None:
 
 
 def run_configured_trial(cfg: DictConfig) -> None:
-    """One Hydra job: validate, run, log. A failure is recorded and reported, never lost."""
-    from sweeplab.tracking import PARENT_RUN_ENV, MlflowTracker
+    """One Hydra job: validate, skip if done before, run, log.
 
+    A failure is recorded and reported, never lost; an interruption (a signal, scancel, a
+    SLURM time limit) closes the run as KILLED and stops the process.
+    """
+    from sweeplab.tracking import PARENT_RUN_ENV, MlflowTracker, overrides_tag
+
+    interrupts.install()  # again: submitit workers start here, with submitit's own handlers
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     job_label = f"#{hydra_cfg.job.num}" if multirun else "run"
     tracker = MlflowTracker.from_config(cfg)
     parent = os.environ.get(PARENT_RUN_ENV) if multirun else None
-    resolved = OmegaConf.to_yaml({k: v for k, v in cfg.items() if k != "hydra"}, resolve=True)
-    overrides = " ".join(hydra_cfg.overrides.task)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    config.pop("hydra", None)
+    overrides = overrides_tag(hydra_cfg.overrides.task)
     run_id = None
     try:
         from sweeplab.trial import prepare_trial
 
         trial = prepare_trial(cfg)
+        if multirun and trial.resume and _skip_finished(tracker, trial.spec.config_hash, parent, job_label):
+            return
         run_id = _start_trial_run(tracker, trial.spec, overrides, parent, job_label)
-        _run_and_log(tracker, run_id, trial, cfg, resolved, job_label)
+        _run_and_log(tracker, run_id, trial, cfg, config, job_label)
     except Exception as err:  # noqa: BLE001 - every failure must end up in the tracker and the summary
         message = str(err) if isinstance(err, ConfigError) else f"{type(err).__name__}: {err}"
         message = message.strip().splitlines()[0] if message.strip() else type(err).__name__
@@ -117,6 +133,23 @@ def run_configured_trial(cfg: DictConfig) -> None:
             run_id = tracker.start_run(f"trial {job_label} (invalid)", {}, {"sweeplab.overrides": overrides}, parent)
         tracker.end_run(run_id, "FAILED", message)
         outcome.record_failure(message)
+    except BaseException as err:
+        interrupts.hold()
+        if run_id is not None:
+            tracker.end_run(run_id, "KILLED", f"interrupted: {err}")
+        raise
+
+
+def _skip_finished(tracker, config_hash: str, parent: str | None, job_label: str) -> bool:
+    """Resume: a trial with a FINISHED run of the same config hash is not run again."""
+    done = tracker.finished_run(config_hash)
+    if done is None:
+        return False
+    if parent:
+        tracker.record_skip(parent, config_hash, done.info.run_id)
+    log.info("trial %s skipped: already FINISHED as run %s (%s); resume=false reruns it",
+             job_label, done.info.run_id, config_hash)
+    return True
 
 
 def _start_trial_run(tracker, spec, overrides: str, parent: str | None, job_label: str) -> str:
@@ -133,7 +166,7 @@ def _start_trial_run(tracker, spec, overrides: str, parent: str | None, job_labe
     return tracker.start_run(name, spec.params(), tags, parent)
 
 
-def _run_and_log(tracker, run_id: str, trial, cfg: DictConfig, resolved: str, job_label: str) -> None:
+def _run_and_log(tracker, run_id: str, trial, cfg: DictConfig, config: dict, job_label: str) -> None:
     import torch
 
     from sweeplab.models import PipelineCache
@@ -145,7 +178,7 @@ def _run_and_log(tracker, run_id: str, trial, cfg: DictConfig, resolved: str, jo
     spec = trial.spec
     loaded = _pipelines.get(spec.model_source, spec.device, getattr(torch, spec.dtype))
     result = run_trial(trial, loaded, progress_desc=f"trial {job_label}")
-    tracker.log_trial_result(run_id, result, resolved, cfg.tracking.log_step_images)
+    tracker.log_trial_result(run_id, result, config, cfg.tracking.log_step_images)
     tracker.end_run(run_id, "FINISHED")
     log.info(
         "trial %s: %d steps taken, %d UNet evaluations, %.2f s -> run %s",

@@ -7,8 +7,9 @@ loads. `PipelineCache` loads each model once per process; samplers are swapped p
 from __future__ import annotations
 
 import json
+import logging
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -22,6 +23,8 @@ SourceKind = Literal["toy", "folder", "single_file", "hub"]
 PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth")
 SAFETENSORS_HEADER_LIMIT = 100 * 1024 * 1024
 
+log = logging.getLogger("sweeplab")
+
 
 @dataclass(frozen=True)
 class ModelSource:
@@ -30,6 +33,8 @@ class ModelSource:
     config: str | None = None  # diffusers config for a single-file checkpoint
     variant: str | None = None
     revision: str | None = None
+    allow_pickle: bool = False  # pickle weights may load (they can run code)
+    token: str | None = field(default=None, compare=False, repr=False)  # never part of an identity
 
     @property
     def identity(self) -> str:
@@ -49,7 +54,8 @@ def resolve_model_source(model: ModelConfig) -> ModelSource:
     if model.builtin:
         raise ConfigError(f"model.builtin: unknown embedded model '{model.builtin}'; allowed: toy")
     if model.hub_id:
-        return ModelSource("hub", model.hub_id, variant=model.variant, revision=model.revision)
+        return ModelSource("hub", model.hub_id, variant=model.variant, revision=model.revision,
+                           allow_pickle=model.allow_pickle, token=model.token)
     raise ConfigError("model: names no weights; set model.path=..., model.hub_id=... or choose model=toy")
 
 
@@ -59,15 +65,36 @@ def _local_source(model: ModelConfig) -> ModelSource:
     if path.is_dir():
         if not (path / "model_index.json").is_file():
             raise ConfigError(f"{where} is a folder without model_index.json; expected a diffusers pipeline folder")
-        return ModelSource("folder", str(path), variant=model.variant)
+        pickles = _pickle_only_weights(path)
+        if pickles:
+            _check_pickle_allowed(model, f"{where} holds pickle weights ({pickles[0]})")
+        return ModelSource("folder", str(path), variant=model.variant, allow_pickle=model.allow_pickle)
     if not path.exists():
         raise ConfigError(f"{where} does not exist; expected a diffusers folder or a .safetensors file")
     if path.suffix in PICKLE_SUFFIXES:
-        raise ConfigError(f"{where} is a pickle checkpoint; only diffusers folders and .safetensors files are loaded")
+        _check_pickle_allowed(model, f"{where} is a pickle checkpoint")
+        return ModelSource("single_file", str(path), config=model.config, allow_pickle=True)
     if path.suffix != ".safetensors":
         raise ConfigError(f"{where} is not a model; expected a diffusers folder or a .safetensors file")
     _check_safetensors_header(path, where)
     return ModelSource("single_file", str(path), config=model.config)
+
+
+def _check_pickle_allowed(model: ModelConfig, what: str) -> None:
+    """Pickle files can run arbitrary code when loaded: refused unless the user opts in."""
+    if not model.allow_pickle:
+        raise ConfigError(f"{what}, which can run code when loaded; use .safetensors, "
+                          "or set model.allow_pickle=true if you trust the file")
+    log.warning("%s; loading it because model.allow_pickle=true (pickle can run code)", what)
+
+
+def _pickle_only_weights(folder: Path) -> list[str]:
+    """Pickle weight files in a diffusers folder whose component has no .safetensors beside them."""
+    found = []
+    for weights in sorted(folder.rglob("*")):
+        if weights.suffix in PICKLE_SUFFIXES and not any(weights.parent.glob("*.safetensors")):
+            found.append(str(weights.relative_to(folder)))
+    return found
 
 
 def _check_safetensors_header(path: Path, where: str) -> dict:
@@ -142,7 +169,8 @@ def load_img2img_pipeline(source: ModelSource, device: str, dtype) -> LoadedMode
         pipe = cls.from_single_file(source.location, config=source.config, dtype=dtype)
     else:
         pipe = AutoPipelineForImage2Image.from_pretrained(
-            location, dtype=dtype, variant=source.variant, revision=source.revision
+            location, dtype=dtype, variant=source.variant, revision=source.revision, token=source.token,
+            use_safetensors=None if source.allow_pickle else True,  # None: safetensors first, then pickle
         )
     latent_rgb = read_latent_rgb(location) if source.kind in ("toy", "folder") else None
     if device != "cpu":

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 
-from sweeplab.tracking import ERROR_TAG
+from sweeplab.tracking import ERROR_TAG, SKIPPED_TAG_PREFIX
 
 _failures: list[str] = []
 
@@ -22,11 +22,12 @@ def exit_code() -> int:
 class SweepSummary:
     finished: int = 0
     failed: int = 0
+    skipped: int = 0  # already FINISHED in an earlier sweep (resume)
     errors: list[str] = field(default_factory=list)
 
     @classmethod
-    def from_runs(cls, runs) -> "SweepSummary":
-        summary = cls()
+    def from_runs(cls, runs, parent_tags: dict[str, str]) -> "SweepSummary":
+        summary = cls(skipped=sum(tag.startswith(SKIPPED_TAG_PREFIX) for tag in parent_tags))
         for run in runs:
             if run.info.status == "FINISHED":
                 summary.finished += 1
@@ -37,8 +38,9 @@ class SweepSummary:
 
 
 def report_sweep(summary: SweepSummary, tracker, parent_run_id: str) -> None:
-    total = summary.finished + summary.failed
-    print(f"sweeplab: {total} trials: {summary.finished} finished, {summary.failed} failed", file=sys.stderr)
+    total = summary.finished + summary.failed + summary.skipped
+    skipped = f", {summary.skipped} skipped as already FINISHED (resume=false reruns them)" if summary.skipped else ""
+    print(f"sweeplab: {total} trials: {summary.finished} finished, {summary.failed} failed{skipped}", file=sys.stderr)
     for error in summary.errors:
         print(f"sweeplab:   failed {error}", file=sys.stderr)
     if summary.failed:

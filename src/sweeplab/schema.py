@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
+from hydra.core.plugins import Plugins
+from hydra_plugins.hydra_submitit_launcher.config import SlurmQueueConf
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
@@ -26,6 +28,8 @@ class ModelConfig:
     config: Optional[str] = None  # diffusers config folder or hub id for a single-file checkpoint
     variant: Optional[str] = None  # e.g. "fp16" weight files on the hub
     revision: Optional[str] = None
+    token: Optional[str] = None  # Hugging Face token for gated hub models; redacted before logging
+    allow_pickle: bool = False  # load pickle weights (.ckpt .bin .pt .pth), which can run code
 
 
 @dataclass
@@ -65,12 +69,37 @@ class SweeplabConfig:
     height: Optional[int] = None
     device: str = "auto"
     dtype: str = "auto"
+    resume: bool = True  # in a sweep, skip trials that already have a FINISHED run
 
 
 ConfigStore.instance().store(name="sweeplab_schema", node=SweeplabConfig)
 ConfigStore.instance().store(group="model", name="sweeplab_model_schema", node=ModelConfig)
 ConfigStore.instance().store(group="sampler", name="sweeplab_sampler_schema", node=SamplerConfig)
 ConfigStore.instance().store(group="tracking", name="sweeplab_tracking_schema", node=TrackingConfig)
+
+
+@dataclass
+class SweeplabSlurmConf(SlurmQueueConf):
+    """sweeplab's defaults for `hydra/launcher=submitit_slurm`: each trial one SLURM array task.
+
+    Override any key of hydra-submitit-launcher's SlurmQueueConf on the command line,
+    e.g. `hydra.launcher.partition=gpu hydra.launcher.gpus_per_task=null` (CPU cluster).
+    """
+
+    name: str = "sweeplab"
+    partition: Optional[str] = None  # null: the cluster's default partition
+    gpus_per_task: Optional[int] = 1  # one GPU per trial
+    cpus_per_task: Optional[int] = 4
+    mem_gb: Optional[int] = 32  # per task
+    timeout_min: int = 60  # the SLURM time limit of each task
+    array_parallelism: int = 8  # at most this many trials at once
+    signal_delay_s: int = 120  # SIGUSR2 this long before the limit: the run ends KILLED, the task requeues
+
+
+# Replaces the plugin's own entry of the same name, so `hydra/launcher=submitit_slurm` gets these
+# defaults. Hydra registers plugin configs when it first scans its plugins: scan now, replace after.
+Plugins.instance()
+ConfigStore.instance().store(group="hydra/launcher", name="submitit_slurm", node=SweeplabSlurmConf, provider="sweeplab")
 
 SCHEMA_KEYS = frozenset(f for f in SweeplabConfig.__dataclass_fields__)
 

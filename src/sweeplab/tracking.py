@@ -2,11 +2,13 @@
 
 The parent run and the experiment are created once, on the launching side, by a Hydra
 callback; workers only create their own child runs. The parent id reaches workers
-through the environment, which every Hydra launcher passes on.
+through the environment, which every Hydra launcher passes on (submitit and SLURM too).
+Everything logged passes through `redaction` first.
 """
 
 from __future__ import annotations
 
+import atexit
 import functools
 import logging
 import os
@@ -19,6 +21,9 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from sweeplab import interrupts
+from sweeplab.redaction import redact, redact_override
+
 log = logging.getLogger("sweeplab")
 
 PARENT_RUN_ENV = "SWEEPLAB_PARENT_RUN_ID"
@@ -27,6 +32,7 @@ DEFAULT_EXPERIMENT = "sweeplab"
 STEP_IMAGE_KEY = "latent"
 CONFIG_HASH_TAG = "sweeplab.config_hash"
 ERROR_TAG = "sweeplab.error"
+SKIPPED_TAG_PREFIX = "sweeplab.skipped."  # on a parent run: config hash -> the FINISHED run reused
 
 
 def resolve_tracking_uri(configured: str | None) -> str:
@@ -80,15 +86,29 @@ class MlflowTracker:
         """Create a RUNNING run with its params up front, so a failure still shows what was tried."""
         from mlflow.entities import Param, RunTag
 
+        params, tags = redact(params), redact(tags)
         if parent_run_id:
             tags = {**tags, "mlflow.parentRunId": parent_run_id}
         run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
-        self.client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in params.items()])
+        self.client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
         self.client.log_batch(run.info.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
         return run.info.run_id
 
-    def log_trial_result(self, run_id: str, result, resolved_config: str, log_step_images: bool) -> None:
-        """Metrics, artifacts and per-step previews of a finished trial."""
+    def finished_run(self, config_hash: str):
+        """A FINISHED run of the same trial in this experiment, or None."""
+        found = self.client.search_runs(
+            [self.experiment_id],
+            f"tags.`{CONFIG_HASH_TAG}` = '{config_hash}' and attributes.status = 'FINISHED'",
+            max_results=1,
+        )
+        return found[0] if found else None
+
+    def record_skip(self, parent_run_id: str, config_hash: str, finished_run_id: str) -> None:
+        """Note on the sweep's parent run which trial was skipped and where its result is."""
+        self.client.set_tag(parent_run_id, SKIPPED_TAG_PREFIX + config_hash, finished_run_id)
+
+    def log_trial_result(self, run_id: str, result, config: dict, log_step_images: bool) -> None:
+        """Metrics, artifacts (with the trial's config, secrets redacted) and per-step previews."""
         from mlflow.entities import Metric
         from safetensors.torch import save_file
 
@@ -101,7 +121,7 @@ class MlflowTracker:
             result.output.save(folder / "output.png")
             result.start_image.save(folder / "start.png")
             result.latent_strip.save(folder / "latent_strip.png")
-            (folder / "config.yaml").write_text(resolved_config)
+            (folder / "config.yaml").write_text(OmegaConf.to_yaml(redact(config)))
             save_file(
                 {"start": result.start_latent.half().contiguous(), "steps": result.step_latents.half().contiguous()},
                 str(folder / "latents.safetensors"),
@@ -129,6 +149,11 @@ class MlflowTracker:
             token = page.token
             if not token:
                 return runs
+
+
+def overrides_tag(overrides) -> str:
+    """The command-line overrides as one tag value, secrets redacted."""
+    return " ".join(redact_override(str(override)) for override in overrides or [])
 
 
 @functools.cache
@@ -164,7 +189,11 @@ def _git_commit() -> str:
 
 
 class MlflowSweepCallback(Callback):
-    """Creates the experiment and the sweep's parent run before any job, and closes it after."""
+    """Creates the experiment and the sweep's parent run before any job, and closes it after.
+
+    A sweep that ends early (a signal, a launcher error) closes its parent run at exit:
+    KILLED when interrupted, FAILED otherwise, never left RUNNING.
+    """
 
     def __init__(self):
         self.tracker: MlflowTracker | None = None
@@ -172,7 +201,7 @@ class MlflowSweepCallback(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         self.tracker = MlflowTracker.from_config(config)
-        overrides = " ".join(OmegaConf.select(config, "hydra.overrides.task", default=[]) or [])
+        overrides = overrides_tag(OmegaConf.select(config, "hydra.overrides.task", default=[]))
         self.parent_run_id = self.tracker.start_run(
             run_name=f"sweep {Path(str(config.hydra.sweep.dir)).as_posix()}",
             params={},
@@ -181,13 +210,24 @@ class MlflowSweepCallback(Callback):
         )
         os.environ[PARENT_RUN_ENV] = self.parent_run_id
         os.environ[TRACKING_URI_ENV] = self.tracker.uri
+        atexit.register(self._close_unfinished)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         from sweeplab import outcome
 
         children = self.tracker.child_runs(self.parent_run_id)
-        summary = outcome.SweepSummary.from_runs(children)
+        parent_tags = self.tracker.client.get_run(self.parent_run_id).data.tags
+        summary = outcome.SweepSummary.from_runs(children, parent_tags)
         self.tracker.end_run(self.parent_run_id, "FAILED" if summary.failed else "FINISHED")
+        atexit.unregister(self._close_unfinished)
         os.environ.pop(PARENT_RUN_ENV, None)
         os.environ.pop(TRACKING_URI_ENV, None)
         outcome.report_sweep(summary, self.tracker, self.parent_run_id)
+
+    def _close_unfinished(self) -> None:
+        """At exit of a sweep that never reached on_multirun_end."""
+        interrupts.hold()
+        if interrupts.received:
+            self.tracker.end_run(self.parent_run_id, "KILLED", f"sweep interrupted by {interrupts.received}")
+        else:
+            self.tracker.end_run(self.parent_run_id, "FAILED", "sweep ended early; see the launcher's output")

@@ -62,6 +62,7 @@ class Trial:
     spec: TrialSpec
     init_image: Image.Image  # already at the trial's width x height
     preview: PreviewConfig
+    resume: bool  # in a sweep, reuse a FINISHED run of the same config hash instead of running
 
 
 def prepare_trial(cfg: DictConfig) -> Trial:
@@ -93,7 +94,7 @@ def prepare_trial(cfg: DictConfig) -> Trial:
         device=device,
         dtype=resolve_dtype(conf.dtype, device),
     )
-    return Trial(spec, fit_to_size(image, width, height), conf.preview)
+    return Trial(spec, fit_to_size(image, width, height), conf.preview, conf.resume)
 
 
 def _check_ranges(conf: SweeplabConfig) -> None:
