@@ -158,15 +158,20 @@ def overrides_tag(overrides) -> str:
 
 @functools.cache
 def environment_tags() -> dict[str, str]:
-    """Where a trial ran: code version, library versions and device, once per process."""
+    """Where a trial ran: code version, library versions, SLURM task, once per process."""
     import diffusers
     import torch
 
-    return {
+    tags = {
         "sweeplab.git_commit": _git_commit(),
         "sweeplab.torch_version": torch.__version__,
         "sweeplab.diffusers_version": diffusers.__version__,
     }
+    if "SLURM_JOB_ID" in os.environ:  # which SLURM task ran it: its log is under .submitit/<this>/
+        array_task = os.environ.get("SLURM_ARRAY_TASK_ID")
+        job = os.environ.get("SLURM_ARRAY_JOB_ID") if array_task else os.environ["SLURM_JOB_ID"]
+        tags["sweeplab.slurm_job"] = f"{job}_{array_task}" if array_task else job
+    return tags
 
 
 def device_name(device: str) -> str:
