@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import signal
+import sqlite3
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -97,3 +101,63 @@ def test_failed_trial_is_recorded_and_the_sweep_goes_on(sweeplab_cli, tmp_path):
     assert failed.data.tags["sweeplab.error"].startswith("strength: 1.5 is out of range")
     assert "2 trials: 1 finished, 1 failed" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+TINY = ["width=64", "height=64", "steps=2", "strength=1.0", "tracking.log_step_images=false"]
+
+
+def test_rerun_skips_finished_trials_and_resume_false_runs_them_again(sweeplab_cli, tmp_path):
+    sweep = ["-m", *TINY, "seed=1,2"]
+    assert sweeplab_cli(*sweep).returncode == 0
+    again = sweeplab_cli(*sweep)
+    assert again.returncode == 0, again.stderr
+    assert "2 trials: 0 finished, 0 failed, 2 skipped as already FINISHED (resume=false reruns them)" in again.stderr
+    runs = all_runs(store(tmp_path))
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(children) == 2 and {r.info.status for r in children} == {"FINISHED"}
+    second_parent = max((r for r in runs if "mlflow.parentRunId" not in r.data.tags), key=lambda r: r.info.start_time)
+    skipped = {k.removeprefix("sweeplab.skipped."): v for k, v in second_parent.data.tags.items()
+               if k.startswith("sweeplab.skipped.")}
+    assert skipped == {r.data.tags["sweeplab.config_hash"]: r.info.run_id for r in children}
+
+    forced = sweeplab_cli(*sweep, "resume=false")
+    assert "2 trials: 2 finished, 0 failed" in forced.stderr and "skipped" not in forced.stderr
+    finished = [r for r in all_runs(store(tmp_path)) if r.info.status == "FINISHED" and "mlflow.parentRunId" in r.data.tags]
+    assert len(finished) == 4
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_marks_the_trial_in_flight_and_its_sweep_killed(tmp_path, signum):
+    from conftest import SWEEPLAB
+
+    sweep = subprocess.Popen(
+        [str(SWEEPLAB), "-m", "width=256", "height=256", "steps=400", "strength=1.0", "seed=1,2",
+         "tracking.log_step_images=false"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.monotonic() + 120
+    while not _running_children(tmp_path):
+        assert sweep.poll() is None and time.monotonic() < deadline, sweep.communicate()[1][-2000:]
+        time.sleep(0.3)
+    sweep.send_signal(signum)
+    _, err = sweep.communicate(timeout=60)
+    assert sweep.returncode == 128 + signum, err[-2000:]
+    assert f"interrupted by {signal.Signals(signum).name}" in err
+    runs = all_runs(store(tmp_path))
+    assert len(runs) == 2  # the sweep and its first trial; the second never started
+    assert {r.info.status for r in runs} == {"KILLED"}
+    child = next(r for r in runs if "mlflow.parentRunId" in r.data.tags)
+    assert child.data.tags["sweeplab.error"] == f"interrupted: {signal.Signals(signum).name}"
+
+
+def _running_children(folder: Path) -> int:
+    """Read straight from SQLite, so that no second MlflowClient races the sweep creating the store."""
+    if not (folder / "mlflow.db").exists():
+        return 0
+    query = ("SELECT count(*) FROM runs JOIN tags ON runs.run_uuid = tags.run_uuid "
+             "WHERE tags.key = 'mlflow.parentRunId' AND runs.status = 'RUNNING'")
+    try:
+        with sqlite3.connect(f"file:{folder / 'mlflow.db'}?mode=ro", uri=True) as db:
+            return db.execute(query).fetchone()[0]
+    except sqlite3.OperationalError:  # tables not created yet
+        return 0

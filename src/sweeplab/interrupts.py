@@ -28,10 +28,13 @@ def _after(previous):
     """Run submitit's handler (checkpoint and requeue), then interrupt whatever it left running."""
 
     def handler(signum, frame) -> None:
+        name = signal.Signals(signum).name
         try:
             previous(signum, frame)
-        except BaseException as err:  # noqa: BLE001 - submitit exits or raises; either way we stop
-            raise Interrupted(f"{signal.Signals(signum).name}: {err}") from err
+        except SystemExit as err:
+            raise Interrupted(f"{name}: SLURM time limit or pre-emption; submitit requeued the task") from err
+        except Exception as err:  # noqa: BLE001 - submitit's reason for not requeuing
+            raise Interrupted(f"{name}: {err}") from err
         _raise_interrupted(signum, frame)
 
     handler.sweeplab_chained = True

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 
-from sweeplab.tracking import ERROR_TAG, SKIPPED_TAG_PREFIX
+from sweeplab.tracking import CONFIG_HASH_TAG, ERROR_TAG, SKIPPED_TAG_PREFIX
 
 _failures: list[str] = []
 
@@ -27,13 +27,18 @@ class SweepSummary:
 
     @classmethod
     def from_runs(cls, runs, parent_tags: dict[str, str]) -> "SweepSummary":
+        """One count per trial: a trial requeued by SLURM has a KILLED run and then a FINISHED one."""
         summary = cls(skipped=sum(tag.startswith(SKIPPED_TAG_PREFIX) for tag in parent_tags))
+        trials: dict[str, list] = {}
         for run in runs:
-            if run.info.status == "FINISHED":
+            trials.setdefault(run.data.tags.get(CONFIG_HASH_TAG, run.info.run_id), []).append(run)
+        for attempts in trials.values():
+            if any(run.info.status == "FINISHED" for run in attempts):
                 summary.finished += 1
             else:
                 summary.failed += 1
-                summary.errors.append(f"{run.info.run_name}: {run.data.tags.get(ERROR_TAG, run.info.status)}")
+                last = max(attempts, key=lambda run: run.info.start_time)
+                summary.errors.append(f"{last.info.run_name}: {last.data.tags.get(ERROR_TAG, last.info.status)}")
         return summary
 
 
