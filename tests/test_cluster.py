@@ -184,13 +184,14 @@ def test_killed_slurm_sweep_rerun_finishes_every_trial_exactly_once(slurm_cluste
     assert {c.data.params["seed"] for c in rerun_children} == {str(s) for s in range(8)} - finished_before
 
 
-def test_same_trial_gives_same_bytes_under_basic_submitit_local_and_slurm(slurm_cluster, mlflow_server, tmp_path):
+def test_same_trial_gives_same_bytes_under_every_launcher(slurm_cluster, mlflow_server, tmp_path):
     experiment = unique("launchers")
     trial = [*TINY, "seed=7", "resume=false", "tracking=server", f"tracking.uri={mlflow_server}",
              f"tracking.experiment={experiment}"]
     launchers = {
         "basic": [],
         "submitit_local": ["hydra/launcher=submitit_local"],
+        "joblib": ["hydra/launcher=joblib"],
         "submitit_slurm": slurm_launcher(unique("sweeplab-test"), parallelism=1),
     }
     for name, launcher in launchers.items():
@@ -202,9 +203,42 @@ def test_same_trial_gives_same_bytes_under_basic_submitit_local_and_slurm(slurm_
 
     client = MlflowClient(mlflow_server)
     parents, children = runs_of(client, experiment)
-    assert len(parents) == 3 and len(children) == 3
+    assert len(parents) == len(children) == len(launchers)
     assert {c.info.status for c in children} == {"FINISHED"}
     assert len({c.data.tags["sweeplab.config_hash"] for c in children}) == 1
     outputs = {Path(client.download_artifacts(c.info.run_id, "output.png", str(tmp_path))).read_bytes()
                for c in children}
     assert len(outputs) == 1
+
+
+def test_preempted_slurm_task_ends_its_run_killed_and_the_requeued_task_finishes_the_trial(
+    slurm_cluster, mlflow_server, tmp_path
+):
+    experiment, job_name = unique("preempted"), unique("sweeplab-test")
+    client = MlflowClient(mlflow_server)
+    launcher = sweeplab(*slurm_launcher(job_name, parallelism=1), "tracking=server", f"tracking.uri={mlflow_server}",
+                        f"tracking.experiment={experiment}", "width=256", "height=256", "steps=200",
+                        "strength=1.0", "seed=5", "tracking.log_step_images=false", cwd=tmp_path)
+    deadline = time.monotonic() + 300
+    while not any(c.info.status == "RUNNING" for c in runs_of(client, experiment)[1]):
+        assert launcher.poll() is None and time.monotonic() < deadline, launcher.communicate()[1][-3000:]
+        time.sleep(0.3)
+    (job_id,) = subprocess.run(["squeue", "-h", f"--name={job_name}", "-o", "%i"],
+                               capture_output=True, text=True, check=True).stdout.split()
+    # what SLURM sends before a time limit or on pre-emption (submitit's own Job._interrupt does the same)
+    subprocess.run(["scancel", "--signal=USR2", job_id], check=True)
+    while "BeginTime" not in subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%r"],
+                                            capture_output=True, text=True).stdout:
+        assert time.monotonic() < deadline, "the task was not requeued"
+        time.sleep(0.3)
+    subprocess.run(["scontrol", "update", f"jobid={job_id}", "StartTime=now"], check=True)  # skip the requeue hold
+    _, err = launcher.communicate(timeout=600)
+    assert launcher.returncode == 0, err[-3000:]
+    assert "1 trials: 1 finished, 0 failed" in err
+
+    (parent,), children = runs_of(client, experiment)
+    assert parent.info.status == "FINISHED"
+    assert sorted(c.info.status for c in children) == ["FINISHED", "KILLED"]
+    assert len({c.data.tags["sweeplab.config_hash"] for c in children}) == 1
+    killed = next(c for c in children if c.info.status == "KILLED")
+    assert killed.data.tags["sweeplab.error"].startswith("interrupted: SIGUSR2")
