@@ -83,6 +83,7 @@ up() {
     pgrep -x slurmd >/dev/null || slurmd
     for _ in $(seq 60); do
         node_ready && { say "up: node $NODE, $(sinfo -h -o '%c CPUs, %m MB')"; return; }
+        pgrep -x slurmctld >/dev/null && pgrep -x slurmd >/dev/null || break
         scontrol update nodename="$NODE" state=resume 2>/dev/null || true
         sleep 1
     done
@@ -91,9 +92,15 @@ up() {
 }
 
 down() {
-    local pidfile
+    local pidfile pid
     for pidfile in "$STATE_DIR/slurmd.pid" "$STATE_DIR/slurmctld.pid"; do
-        [[ -s $pidfile ]] && kill "$(cat "$pidfile")" 2>/dev/null || true
+        [[ -s $pidfile ]] || continue
+        pid=$(cat "$pidfile")
+        kill "$pid" 2>/dev/null || true
+        for _ in $(seq 60); do  # slurmctld saves its state before it exits
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.5
+        done
         rm -f "$pidfile"
     done
     say "down"
