@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
+from conftest import SWEEPLAB
+
 DOC_SWEEP = ["steps=10", "seed=1592514025", "width=384", "height=384", "sampler=k_lms", "prompt=fire"]
 TRIAL_ARTIFACTS = {"init.png", "output.png", "latents.safetensors", "latent_strip.png", "start.png", "config.yaml"}
 TRIAL_PARAMS = {"model", "sampler", "strength", "steps", "seed", "cfg_scale", "width", "height",
@@ -128,8 +130,6 @@ def test_rerun_skips_finished_trials_and_resume_false_runs_them_again(sweeplab_c
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_marks_the_trial_in_flight_and_its_sweep_killed(tmp_path, signum):
-    from conftest import SWEEPLAB
-
     sweep = subprocess.Popen(
         [str(SWEEPLAB), "-m", "width=256", "height=256", "steps=400", "strength=1.0", "seed=1,2",
          "tracking.log_step_images=false"],
