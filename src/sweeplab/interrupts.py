@@ -29,6 +29,7 @@ def _after(previous):
 
     def handler(signum, frame) -> None:
         name = signal.Signals(signum).name
+        hold()  # the requeue sends SIGTERM; this run ends because of the signal that started it
         try:
             previous(signum, frame)
         except SystemExit as err:
