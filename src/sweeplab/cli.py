@@ -122,9 +122,21 @@ def run_configured_trial(cfg: DictConfig) -> None:
         if not isinstance(err, ConfigError):
             log.debug("trial failed", exc_info=err)
         if run_id is None:
-            run_id = tracker.start_run(f"trial {job_label} (invalid)", {}, {"sweeplab.overrides": overrides}, parent)
+            run_id = tracker.start_run(
+                f"trial {job_label} (invalid)", _raw_params(cfg), {"sweeplab.overrides": overrides}, parent
+            )
         tracker.end_run(run_id, "FAILED", message)
         outcome.record_failure(message)
+
+
+def _raw_params(cfg: DictConfig) -> dict[str, str]:
+    """What a trial that failed validation asked for, so its FAILED run still shows it."""
+    from sweeplab.trial import PARAM_KEYS
+
+    raw = {key: OmegaConf.select(cfg, key, default=None) for key in PARAM_KEYS}
+    raw["model"] = OmegaConf.select(cfg, "model.name", default=None)
+    raw["sampler"] = OmegaConf.select(cfg, "sampler.name", default=None)
+    return {key: str(value) for key, value in raw.items() if value is not None and not OmegaConf.is_config(value)}
 
 
 def _start_trial_run(tracker, trial, overrides: str, parent: str | None, previous_run_id: str | None) -> str:

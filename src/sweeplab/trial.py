@@ -26,6 +26,9 @@ from sweeplab.schema import PreviewConfig, SweeplabConfig, validate_config
 DTYPES = ("float32", "float16", "bfloat16")
 PREVIEW_METHODS = ("linear", "vae")
 MAX_SEED = 2**63 - 1
+PARAM_KEYS = ("model", "sampler", "strength", "steps", "seed", "cfg_scale", "width", "height", "prompt",
+              "negative_prompt", "init_image", "fit", "iteration", "variation_amount", "variation_seed",
+              "steps_taken_target")
 
 
 @dataclass(frozen=True)
@@ -79,10 +82,7 @@ class TrialSpec:
 
     def params(self) -> dict[str, str]:
         """The values users compare runs by, as MLflow params."""
-        keys = ("model", "sampler", "strength", "steps", "seed", "cfg_scale", "width", "height",
-                "prompt", "negative_prompt", "init_image", "fit", "iteration", "variation_amount",
-                "variation_seed", "steps_taken_target")
-        params = {key: str(getattr(self, key)) for key in keys}
+        params = {key: str(getattr(self, key)) for key in PARAM_KEYS}
         params["with_variations"] = ",".join(f"{seed}:{weight:g}" for seed, weight in self.with_variations)
         return params
 
