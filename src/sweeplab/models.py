@@ -190,5 +190,6 @@ class PipelineCache:
                 self._pipelines[key] = load_img2img_pipeline(source, device, dtype)
             except (OSError, ValueError) as err:
                 first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-                raise ConfigError(f"model: could not load '{source.location}': {first_line}") from err
+                hint = "; without network, point model.path=... at a local copy" if source.kind == "hub" else ""
+                raise ConfigError(f"model: could not load '{source.location}': {first_line}{hint}") from err
         return self._pipelines[key]
