@@ -147,6 +147,7 @@ def run_configured_trial(cfg: DictConfig) -> None:
         interrupts.hold()
         if run_id is not None:
             tracker.end_run(run_id, "KILLED", f"interrupted: {err}")
+        interrupts.finish()
         raise
 
 

@@ -3,7 +3,7 @@
 SIGINT (Ctrl-C), SIGTERM (kill, `scancel`, a SLURM time limit) and the pre-emption signal
 submitit asks SLURM for (SIGUSR2 before the time limit) would otherwise end a process with
 its runs left RUNNING forever. The SLURM signal keeps submitit's own handler, which
-checkpoints and requeues the job first.
+checkpoints and requeues the job, but only after the run is closed: the requeue kills the task.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import signal
 import threading
 
 received: str | None = None  # the name of the first signal that interrupted this process
+_deferred: tuple | None = None  # (handler, signum, frame) still to run after the runs are closed
 
 
 class Interrupted(KeyboardInterrupt):
@@ -24,22 +25,25 @@ def _raise_interrupted(signum, frame) -> None:
     raise Interrupted(signal.Signals(signum).name)
 
 
-def _after(previous):
-    """Run submitit's handler (checkpoint and requeue), then interrupt whatever it left running."""
+def _deferring(previous):
+    """Interrupt first, so the open run is closed; submitit's handler (requeue) runs after, in `finish`."""
 
     def handler(signum, frame) -> None:
-        name = signal.Signals(signum).name
-        hold()  # the requeue sends SIGTERM; this run ends because of the signal that started it
-        try:
-            previous(signum, frame)
-        except SystemExit as err:
-            raise Interrupted(f"{name}: SLURM time limit or pre-emption; submitit requeued the task") from err
-        except Exception as err:  # noqa: BLE001 - submitit's reason for not requeuing
-            raise Interrupted(f"{name}: {err}") from err
+        global _deferred
+        _deferred = (previous, signum, frame)
         _raise_interrupted(signum, frame)
 
     handler.sweeplab_chained = True
     return handler
+
+
+def finish() -> None:
+    """Run the signal handler deferred by the interruption: submitit checkpoints, requeues and exits."""
+    global _deferred
+    if _deferred is not None:
+        previous, signum, frame = _deferred
+        _deferred = None
+        previous(signum, frame)
 
 
 def install() -> None:
@@ -50,7 +54,7 @@ def install() -> None:
     signal.signal(signal.SIGTERM, _raise_interrupted)
     previous = signal.getsignal(signal.SIGUSR2)
     if callable(previous) and not getattr(previous, "sweeplab_chained", False):
-        signal.signal(signal.SIGUSR2, _after(previous))
+        signal.signal(signal.SIGUSR2, _deferring(previous))
 
 
 def hold() -> None:
