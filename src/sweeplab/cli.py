@@ -145,8 +145,7 @@ def run_configured_trial(cfg: DictConfig) -> None:
         outcome.record_failure(message)
     except BaseException as err:
         interrupts.hold()
-        if run_id is not None:
-            tracker.end_run(run_id, "KILLED", f"interrupted: {err}")
+        tracker.kill_open_runs(f"interrupted: {err}")  # also a run interrupted while it was being created
         interrupts.finish()
         raise
 

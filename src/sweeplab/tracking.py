@@ -66,6 +66,7 @@ class MlflowTracker:
 
         self.uri = uri
         self.client = MlflowClient(tracking_uri=uri)
+        self.open_runs: set[str] = set()  # started here and not ended yet: what an interruption closes
         self.experiment_id = self._ensure_experiment(experiment)
 
     @classmethod
@@ -91,6 +92,7 @@ class MlflowTracker:
         if parent_run_id:
             tags = {**tags, "mlflow.parentRunId": parent_run_id}
         run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
+        self.open_runs.add(run.info.run_id)
         self.client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
         self.client.log_batch(run.info.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
         return run.info.run_id
@@ -142,6 +144,12 @@ class MlflowTracker:
         if error:
             self.client.set_tag(run_id, ERROR_TAG, error)
         self.client.set_terminated(run_id, status)
+        self.open_runs.discard(run_id)
+
+    def kill_open_runs(self, reason: str) -> None:
+        """Close every run this tracker started and did not end, as KILLED."""
+        for run_id in sorted(self.open_runs):
+            self.end_run(run_id, "KILLED", reason)
 
     def child_runs(self, parent_run_id: str) -> list:
         """Every child run of a sweep, paging past search_runs' 1000-row limit."""
@@ -238,6 +246,6 @@ class MlflowSweepCallback(Callback):
         """At exit of a sweep that never reached on_multirun_end."""
         interrupts.hold()
         if interrupts.received:
-            self.tracker.end_run(self.parent_run_id, "KILLED", f"sweep interrupted by {interrupts.received}")
+            self.tracker.kill_open_runs(f"sweep interrupted by {interrupts.received}")
         else:
             self.tracker.end_run(self.parent_run_id, "FAILED", "sweep ended early; see the launcher's output")
