@@ -8,11 +8,14 @@ checkpoints and requeues the job, but only after the run is closed: the requeue 
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 
 received: str | None = None  # the name of the first signal that interrupted this process
 _deferred: tuple | None = None  # (handler, signum, frame) still to run after the runs are closed
+_in_critical = False
+_postponed: int | None = None  # a signal that arrived inside `critical()`
 
 
 class Interrupted(KeyboardInterrupt):
@@ -20,9 +23,26 @@ class Interrupted(KeyboardInterrupt):
 
 
 def _raise_interrupted(signum, frame) -> None:
-    global received
+    global received, _postponed
     received = received or signal.Signals(signum).name
+    if _in_critical:
+        _postponed = signum
+        return
     raise Interrupted(signal.Signals(signum).name)
+
+
+@contextlib.contextmanager
+def critical():
+    """Postpone an interruption until the block ends, e.g. while a run is created and its id unknown."""
+    global _in_critical, _postponed
+    _in_critical = True
+    try:
+        yield
+    finally:
+        _in_critical = False
+        if _postponed is not None:
+            signum, _postponed = _postponed, None
+            raise Interrupted(signal.Signals(signum).name)
 
 
 def _deferring(previous):

@@ -91,8 +91,9 @@ class MlflowTracker:
         params, tags = redact(params), redact(tags)
         if parent_run_id:
             tags = {**tags, "mlflow.parentRunId": parent_run_id}
-        run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
-        self.open_runs.add(run.info.run_id)
+        with interrupts.critical():  # an interruption now would leave a RUNNING run nobody knows
+            run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
+            self.open_runs.add(run.info.run_id)
         self.client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
         self.client.log_batch(run.info.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
         return run.info.run_id
