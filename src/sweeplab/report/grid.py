@@ -133,8 +133,9 @@ def draw_grid(legend: str, column_labels: list[str], row_labels: list[str], cell
 def _draw_cell(canvas: Image.Image, draw: ImageDraw.ImageDraw, box, cell, face) -> None:
     left, top, right, bottom = box
     if isinstance(cell, Image.Image):
-        fitted = cell.copy()
-        fitted.thumbnail((right - left, bottom - top), Image.Resampling.LANCZOS)
+        scale = min((right - left) / cell.width, (bottom - top) / cell.height)
+        size = (max(1, round(cell.width * scale)), max(1, round(cell.height * scale)))
+        fitted = cell.resize(size, Image.Resampling.LANCZOS)
         canvas.paste(fitted, (left + (right - left - fitted.width) // 2, top + (bottom - top - fitted.height) // 2))
         return
     failed = cell == FAILED

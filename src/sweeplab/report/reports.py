@@ -174,8 +174,8 @@ def add_grids(report: Report, frame: pd.DataFrame, artifacts: Artifacts, axes: l
     if image not in IMAGES:
         raise ReportError(f"unknown image '{image}'; allowed: {', '.join(IMAGES)}")
     x, y, z = (*axes, None)[:3]
-    artifacts.fetch(frame, (IMAGES[image],))
     cells = index_by(frame, axes)
+    artifacts.fetch(frame, (IMAGES[image],))
     xs, ys = ordered_values(frame, x), ordered_values(frame, y)
     sample = next((artifacts.image(r, IMAGES[image]) for r in frame.loc[frame["status"] == "FINISHED", "run_id"]), None)
     cell_height = round(cell * sample.height / sample.width) if sample else cell

@@ -124,6 +124,10 @@ def runs_frame(runs) -> pd.DataFrame:
             **{key: value for key, value in sorted(tags.items()) if key.startswith("sweeplab.")},
         })
     frame = pd.DataFrame(rows)
+    for key in PARAM_KEYS:  # a trial that failed before logging params ran with what its sweep did not vary
+        shared = frame[key].dropna().unique()
+        if len(shared) == 1:
+            frame[key] = frame[key].fillna(shared[0])
     for key, dtype in {**NUMERIC_PARAMS, "steps_taken": "Int64", "unet_evals": "Int64"}.items():
         frame[key] = pd.to_numeric(frame[key], errors="coerce").astype(dtype)
     return frame
