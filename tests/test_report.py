@@ -201,3 +201,23 @@ def test_one_per_trial_prefers_a_finished_rerun():
         "strength": [0.4, 0.4, 0.7], "steps": [10, 10, 10],
     })
     assert one_per_trial(frame)["run_id"].tolist() == ["a", "c"]
+
+
+def test_steps_vs_strength_names_samplers_whose_unet_evaluations_differ(tmp_path):
+    sweep = ["-m", "steps=4", "strength=0.5", "width=64", "height=64", "sampler=k_lms,k_heun,plms",
+             "tracking.log_step_images=false", "tracking.experiment=samplers"]
+    done = subprocess.run([str(Path(sys.executable).with_name("sweeplab")), *sweep], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    done = report_cli("steps-vs-strength", "--experiment", "samplers", "--out", str(tmp_path / "out"), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    table = pd.read_csv(tmp_path / "out" / "steps-vs-strength.csv").set_index("sampler")
+    assert (table["steps_taken"] == 2).all()  # int(4 x 0.5) for every sampler
+    assert table.loc["k_lms", "unet_evals"] == 2
+    assert table.loc["k_heun", "unet_evals"] == 3 and table.loc["plms", "unet_evals"] == 3
+    text = (tmp_path / "out" / "steps-vs-strength.md").read_text()
+    assert "k_lms: one UNet evaluation per step taken, in 1 trial." in text
+    for sampler in ("k_heun", "plms"):
+        assert (f"{sampler}: UNet evaluations differ from steps taken (4 steps at strength 0.5: 2 steps taken, "
+                f"3 UNet evaluations)") in text
+    assert text.count("## sampler ") == 3  # one table per sampler

@@ -66,7 +66,7 @@ def test_steps_vs_strength_table_holds_the_measured_numbers(doc_store, tmp_path)
     column = header.split(" | ").index("10 steps")
     assert rows["| strength 0.4"][column].startswith("4 steps taken<br>4 UNet evaluations<br><img ")
     assert rows["| strength 0.7"][column].startswith("7 steps taken<br>7 UNet evaluations<br><img ")
-    assert "k_lms: one UNet evaluation per step taken in all 8 trials." in (tmp_path / "steps-vs-strength.md").read_text()
+    assert "k_lms: one UNet evaluation per step taken, in 8 trials." in (tmp_path / "steps-vs-strength.md").read_text()
 
 
 def test_doc_figures_explain_where_diffusers_differs_from_the_doc(doc_store):
@@ -159,7 +159,7 @@ def test_html_report_shows_every_image_in_chromium(doc_store, chromium, tmp_path
     assert broken == []
     assert "steps actually taken" in text and "Compensating for the reduced step count" in text
     shot = Image.open(tmp_path / "shot.png")
-    assert shot.width == 1600 and shot.height > 1200  # the whole page, longer than the window
+    assert shot.width >= 1600 and shot.height > 1200  # the whole page, beyond the 1600x1200 window
     assert len(set(shot.convert("L").resize((64, 64)).getdata())) > 10  # not a blank page
 
     # The same check on a copy with one image missing must see it broken.

@@ -66,6 +66,11 @@ def fitted(image: Image.Image, width: int) -> Image.Image:
     return image.resize((width, max(1, round(image.height * width / image.width))), Image.Resampling.LANCZOS)
 
 
+def trial_table(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """The CSV of a report: what places each trial and what it measured; never run ids or seconds."""
+    return frame[[*keys, "status", "steps_taken", "unet_evals", "error", "config_hash"]].copy()
+
+
 def failure(row) -> str:
     return f"failed: {row['error'] or row['status']}"
 
@@ -77,7 +82,8 @@ def step_notes(frame: pd.DataFrame) -> list[str]:
     for sampler, trials in done.groupby("sampler", sort=True):
         differing = trials[trials["unet_evals"] != trials["steps_taken"]]
         if differing.empty:
-            notes.append(f"{sampler}: one UNet evaluation per step taken in all {len(trials)} trials.")
+            count = f"{len(trials)} trial" + ("s" if len(trials) != 1 else "")
+            notes.append(f"{sampler}: one UNet evaluation per step taken, in {count}.")
         else:
             cases = "; ".join(f"{row.steps} steps at strength {row.strength:g}: {row.steps_taken} steps taken, "
                               f"{row.unet_evals} UNet evaluations" for row in differing.itertuples())
@@ -95,7 +101,6 @@ class Builder:
     """Shared by the reports: images fetched once, placed once, failed trials shown as such."""
 
     def __init__(self, frame: pd.DataFrame, artifacts: Artifacts, report: Report, names: tuple[str, ...]):
-        self.frame = frame
         self.artifacts = artifacts
         self.report = report
         artifacts.fetch(frame, tuple(IMAGES[name] for name in names))
@@ -106,12 +111,12 @@ class Builder:
         stem = f"{slug(row, keys)}-{image}" + (f"-{width}px" if width else "")
         return self.report.add_image(stem, shown, f"{image}: {label(row, keys)}", display)
 
-    def image_cell(self, row, image: str, keys, width: int | None = None, display: int | None = None) -> list:
+    def image_cell(self, row, image: str, keys, display: int | None = None) -> list:
         if row is None:
             return [MISSING]
         if row["status"] != "FINISHED":
             return [failure(row)]
-        return [self.picture(row, image, keys, width, display)]
+        return [self.picture(row, image, keys, display=display)]
 
 
 def steps_vs_strength(frame: pd.DataFrame, artifacts: Artifacts, thumb: int = 128) -> Report:
@@ -122,7 +127,7 @@ def steps_vs_strength(frame: pd.DataFrame, artifacts: Artifacts, thumb: int = 12
     report.heading("About the step counts")
     for note in step_notes(frame):
         report.text(note)
-    report.data = frame[[*keys, "status", "steps_taken", "unet_evals", "error", "config_hash"]].copy()
+    report.data = trial_table(frame, keys)
     return report
 
 
@@ -159,7 +164,7 @@ def grid(frame: pd.DataFrame, artifacts: Artifacts, x: str, y: str, z: str | Non
     axes = [key for key in (x, y, z) if key]
     report = Report("grid", f"Grid: {x} x {y}" + (f" per {z}" if z else ""))
     add_grids(report, frame, artifacts, axes, image, cell, margin, gap, font_size)
-    report.data = frame[[*axes, "status", "steps_taken", "unet_evals", "error", "config_hash"]].copy()
+    report.data = trial_table(frame, axes)
     return report
 
 
@@ -238,5 +243,5 @@ def strips(frame: pd.DataFrame, artifacts: Artifacts) -> Report:
     build = Builder(frame, artifacts, report, ("start", "latent_strip", "output"))
     keys = varying_keys(frame)
     report.table(strip_table(build, [row for _, row in frame.iterrows()], keys))
-    report.data = frame[[*keys, "status", "steps_taken", "unet_evals", "error", "config_hash"]].copy()
+    report.data = trial_table(frame, keys)
     return report
