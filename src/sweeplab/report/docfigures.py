@@ -54,7 +54,7 @@ def doc_figures(frame: pd.DataFrame, artifacts: Artifacts, experiment: str, thum
     report = Report("doc-figures", f"img2img, step by step: the InvokeAI doc's figures ({experiment})")
     report.text(f"Regenerated from MLflow runs of the experiment '{experiment}': {constants(frame)}.")
     build = Builder(frame, artifacts, report, ("start", "latent_strip", "output"))
-    doc_row = ExtraRow("steps the doc reports", lambda row: _doc_words(row))
+    doc_row = ExtraRow("steps the doc reports", _doc_words)
     formula_row = ExtraRow("int(steps x strength)", lambda row: f"{int(row['steps'] * row['strength'])}")
 
     report.heading("A concrete example: 10 steps at strength 0.7 and 0.4")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
+from typing import Callable
 
 import pandas as pd
 from PIL import Image
@@ -216,7 +217,7 @@ class ExtraRow:
     """A row of the doc-style table beyond the doc's own five."""
 
     title: str
-    value: object  # a callable taking the trial's row, returning a cell's text
+    value: Callable[[pd.Series], str]  # the cell's text for a trial's row
 
 
 def strip_table(build: Builder, trials: list, keys: list[str], extra: tuple[ExtraRow, ...] = ()) -> Table:
