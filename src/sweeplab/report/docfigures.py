@@ -28,8 +28,8 @@ class DocTrial:
 
 CONCRETE = (DocTrial(10, 0.7, 7, "7"), DocTrial(10, 0.4, 4, "4"))
 COMPENSATED = (
-    DocTrial(50, 0.4, 20, "20 (50 = 20 / 0.4)"),
-    DocTrial(30, 0.7, 20, "roughly 20 (30 ~ 20 / 0.7)"),
+    DocTrial(50, 0.4, 20, "20"),
+    DocTrial(30, 0.7, 20, "roughly 20"),
     DocTrial(29, 0.7, 19, "19"),
 )
 DOC_TRIALS = CONCRETE + COMPENSATED
@@ -60,8 +60,8 @@ def doc_figures(frame: pd.DataFrame, artifacts: Artifacts, experiment: str, thum
     report.heading("A concrete example: 10 steps at strength 0.7 and 0.4")
     report.table(strip_table(build, [_trial(cells, doc) for doc in CONCRETE], KEYS, (doc_row, formula_row)))
     report.heading("Compensating for the reduced step count")
-    report.text("The doc raises the steps so that each strength gets about 20 denoising steps: 50 at 0.4, "
-                "30 and 29 at 0.7.")
+    report.text("The doc raises the steps so that each strength gets about 20 denoising steps: 50 = 20 / 0.4 "
+                "at strength 0.4, 30 (roughly 20 / 0.7) and 29 at 0.7.")
     report.table(strip_table(build, [_trial(cells, doc) for doc in COMPENSATED], KEYS, (doc_row, formula_row)))
 
     report.heading("Steps actually taken: the doc and diffusers")
