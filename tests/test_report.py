@@ -221,3 +221,18 @@ def test_steps_vs_strength_names_samplers_whose_unet_evaluations_differ(tmp_path
         assert (f"{sampler}: UNet evaluations differ from steps taken (4 steps at strength 0.5: 2 steps taken, "
                 f"3 UNet evaluations)") in text
     assert text.count("## sampler ") == 3  # one table per sampler
+
+
+def test_experiment_files_expand_to_the_doc_trials():
+    from sweeplab.plan import plan
+
+    trials = plan(["experiment=tree_on_a_hill"])
+    prompts = sorted(override for trial in trials for override in trial["overrides"] if override.startswith("prompt="))
+    assert prompts == ['prompt="photograph of a tree on a hill with a river"',
+                       'prompt="tree on a hill with a river, nature photograph, national geographic"']
+    assert len({trial["config_hash"] for trial in trials}) == 2
+    cells = {tuple(sorted(o for o in trial["overrides"] if o.startswith(("steps=", "strength="))))
+             for trial in plan(["experiment=invokeai_img2img"])}
+    for steps, strength in ((10, 0.4), (10, 0.7), (50, 0.4), (30, 0.7), (29, 0.7)):
+        assert (f"steps={steps}", f"strength={strength}") in cells
+    assert len(cells) == 8
