@@ -88,14 +88,24 @@ def step_notes(frame: pd.DataFrame) -> list[str]:
         else:
             cases = "; ".join(f"{row.steps} steps at strength {row.strength:g}: {row.steps_taken} steps taken, "
                               f"{row.unet_evals} UNet evaluations" for row in differing.itertuples())
-            notes.append(f"{sampler}: UNet evaluations differ from steps taken ({cases}). Second-order samplers "
-                         "evaluate the UNet twice per step except the last; PLMS spends an extra evaluation at the start.")
+            notes.append(f"{sampler}: UNet evaluations differ from steps taken ({cases}){_pattern(differing)}.")
     for row in done.itertuples():
         expected = int(row.steps * row.strength)
         if row.steps_taken != expected:
             notes.append(f"{row.sampler}, {row.steps} steps at strength {row.strength:g}: {row.steps_taken} steps "
                          f"taken, not int(steps x strength) = {expected}.")
     return notes
+
+
+def _pattern(trials: pd.DataFrame) -> str:
+    """Name the shape of the measured counts when every trial follows one, and only one."""
+    second_order = (trials["unet_evals"] == 2 * trials["steps_taken"] - 1).all()
+    one_extra = (trials["unet_evals"] == trials["steps_taken"] + 1).all()
+    if second_order and not one_extra:
+        return ": two evaluations per step but the last, as a second-order sampler makes"
+    if one_extra and not second_order:
+        return ": one evaluation more than steps, as PLMS spends on its first step"
+    return ""
 
 
 class Builder:
