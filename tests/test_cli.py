@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 from mlflow import MlflowClient
+from PIL import Image
 
 DOC_SWEEP = ["steps=10", "seed=1592514025", "width=384", "height=384", "sampler=k_lms", "prompt=fire"]
 TRIAL_ARTIFACTS = {"init.png", "output.png", "latents.safetensors", "latent_strip.png", "start.png", "config.yaml"}
@@ -91,9 +93,41 @@ def test_failed_trial_is_recorded_and_the_sweep_goes_on(sweeplab_cli, tmp_path):
     done = sweeplab_cli("-m", *DOC_SWEEP, "strength=0.4,1.5", "tracking.log_step_images=false")
     assert done.returncode == 1
     children = [r for r in all_runs(store(tmp_path)) if "mlflow.parentRunId" in r.data.tags]
-    status = {r.data.params.get("strength", "invalid"): r.info.status for r in children}
-    assert sorted(status.values()) == ["FAILED", "FINISHED"]
+    status = {r.data.params["strength"]: r.info.status for r in children}
+    assert status == {"0.4": "FINISHED", "1.5": "FAILED"}
     failed = next(r for r in children if r.info.status == "FAILED")
     assert failed.data.tags["sweeplab.error"].startswith("strength: 1.5 is out of range")
     assert "2 trials: 1 finished, 1 failed" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_iterations_feed_each_output_into_the_next_trial(sweeplab_cli, tmp_path):
+    done = sweeplab_cli("iterations=3", "steps=4", "strength=0.5", "width=128", "height=128",
+                        "tracking.log_step_images=false")
+    assert done.returncode == 0, done.stderr
+    client = store(tmp_path)
+    runs = sorted(all_runs(client), key=lambda r: int(r.data.params["iteration"]))
+    assert [r.data.params["iteration"] for r in runs] == ["0", "1", "2"]
+    assert "sweeplab.previous_run_id" not in runs[0].data.tags
+    for earlier, later in zip(runs, runs[1:]):
+        assert later.data.tags["sweeplab.previous_run_id"] == earlier.info.run_id
+        output = client.download_artifacts(earlier.info.run_id, "output.png", str(tmp_path / earlier.info.run_id))
+        init = client.download_artifacts(later.info.run_id, "init.png", str(tmp_path / later.info.run_id))
+        assert Image.open(output).tobytes() == Image.open(init).tobytes()
+
+
+def test_prompt_sr_sweep_with_an_inpainting_init_image(sweeplab_cli, tmp_path):
+    rgba = np.zeros((256, 256, 4), np.uint8)
+    rgba[..., :3], rgba[..., 3] = (40, 40, 200), 255
+    rgba[96:160, 96:160, 3] = 0
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "hole.png")
+    done = sweeplab_cli("-m", "prompt='a red circle'", "prompt_search=red", "prompt_replace=red,green",
+                        "init_image=hole.png", "steps=4", "strength=0.75", "tracking.log_step_images=false")
+    assert done.returncode == 0, done.stderr
+    client = store(tmp_path)
+    children = [r for r in all_runs(client) if "mlflow.parentRunId" in r.data.tags]
+    assert sorted(r.data.params["prompt"] for r in children) == ["a green circle", "a red circle"]
+    for child in children:
+        assert child.data.tags["sweeplab.prompt_search"] == "red"
+        assert "mask.png" in {a.path for a in client.list_artifacts(child.info.run_id)}
+        assert "smaller than 512x512" in child.data.tags["sweeplab.warnings"]

@@ -89,7 +89,11 @@ def hydra_app(cfg: DictConfig) -> None:
 
 
 def run_configured_trial(cfg: DictConfig) -> None:
-    """One Hydra job: validate, run, log. A failure is recorded and reported, never lost."""
+    """One Hydra job: validate, run, log. A failure is recorded and reported, never lost.
+
+    With iterations=n the job runs a chain of n trials, each starting from the previous
+    output, each its own MLflow run tagged with the run it continues.
+    """
     from sweeplab.tracking import PARENT_RUN_ENV, MlflowTracker
 
     hydra_cfg = HydraConfig.get()
@@ -99,13 +103,17 @@ def run_configured_trial(cfg: DictConfig) -> None:
     parent = os.environ.get(PARENT_RUN_ENV) if multirun else None
     resolved = OmegaConf.to_yaml({k: v for k, v in cfg.items() if k != "hydra"}, resolve=True)
     overrides = " ".join(hydra_cfg.overrides.task)
-    run_id = None
+    run_id = previous_run_id = None
     try:
         from sweeplab.trial import prepare_trial
 
         trial = prepare_trial(cfg)
-        run_id = _start_trial_run(tracker, trial.spec, overrides, parent, job_label)
-        _run_and_log(tracker, run_id, trial, cfg, resolved, job_label)
+        for iteration in range(trial.iterations):
+            label = job_label if trial.iterations == 1 else f"{job_label}.{iteration}"
+            run_id = _start_trial_run(tracker, trial, overrides, parent, previous_run_id)
+            result = _run_and_log(tracker, run_id, trial, cfg, resolved, label)
+            previous_run_id, run_id = run_id, None
+            trial = trial.next_iteration(result.output)
     except Exception as err:  # noqa: BLE001 - every failure must end up in the tracker and the summary
         message = str(err) if isinstance(err, ConfigError) else f"{type(err).__name__}: {err}"
         message = message.strip().splitlines()[0] if message.strip() else type(err).__name__
@@ -114,14 +122,27 @@ def run_configured_trial(cfg: DictConfig) -> None:
         if not isinstance(err, ConfigError):
             log.debug("trial failed", exc_info=err)
         if run_id is None:
-            run_id = tracker.start_run(f"trial {job_label} (invalid)", {}, {"sweeplab.overrides": overrides}, parent)
+            run_id = tracker.start_run(
+                f"trial {job_label} (invalid)", _raw_params(cfg), {"sweeplab.overrides": overrides}, parent
+            )
         tracker.end_run(run_id, "FAILED", message)
         outcome.record_failure(message)
 
 
-def _start_trial_run(tracker, spec, overrides: str, parent: str | None, job_label: str) -> str:
+def _raw_params(cfg: DictConfig) -> dict[str, str]:
+    """What a trial that failed validation asked for, so its FAILED run still shows it."""
+    from sweeplab.trial import PARAM_KEYS
+
+    raw = {key: OmegaConf.select(cfg, key, default=None) for key in PARAM_KEYS}
+    raw["model"] = OmegaConf.select(cfg, "model.name", default=None)
+    raw["sampler"] = OmegaConf.select(cfg, "sampler.name", default=None)
+    return {key: str(value) for key, value in raw.items() if value is not None and not OmegaConf.is_config(value)}
+
+
+def _start_trial_run(tracker, trial, overrides: str, parent: str | None, previous_run_id: str | None) -> str:
     from sweeplab.tracking import CONFIG_HASH_TAG, device_name, environment_tags
 
+    spec = trial.spec
     tags = {
         CONFIG_HASH_TAG: spec.config_hash,
         "sweeplab.overrides": overrides,
@@ -129,11 +150,17 @@ def _start_trial_run(tracker, spec, overrides: str, parent: str | None, job_labe
         "sweeplab.scheduler": spec.scheduler,
         **environment_tags(),
     }
+    if trial.prompt_template:
+        tags["sweeplab.prompt_search"], tags["sweeplab.prompt_replace"] = trial.prompt_template
+    if previous_run_id:
+        tags["sweeplab.previous_run_id"] = previous_run_id
     name = f"{spec.sampler} s{spec.strength} n{spec.steps} seed{spec.seed}"
+    if trial.iterations > 1:
+        name += f" it{spec.iteration}"
     return tracker.start_run(name, spec.params(), tags, parent)
 
 
-def _run_and_log(tracker, run_id: str, trial, cfg: DictConfig, resolved: str, job_label: str) -> None:
+def _run_and_log(tracker, run_id: str, trial, cfg: DictConfig, resolved: str, label: str):
     import torch
 
     from sweeplab.models import PipelineCache
@@ -144,10 +171,13 @@ def _run_and_log(tracker, run_id: str, trial, cfg: DictConfig, resolved: str, jo
         _pipelines = PipelineCache()
     spec = trial.spec
     loaded = _pipelines.get(spec.model_source, spec.device, getattr(torch, spec.dtype))
-    result = run_trial(trial, loaded, progress_desc=f"trial {job_label}")
+    result = run_trial(trial, loaded, progress_desc=f"trial {label}")
+    for warning in result.warnings:
+        log.warning("trial %s: %s", label, warning)
     tracker.log_trial_result(run_id, result, resolved, cfg.tracking.log_step_images)
     tracker.end_run(run_id, "FINISHED")
     log.info(
         "trial %s: %d steps taken, %d UNet evaluations, %.2f s -> run %s",
-        job_label, result.steps_taken, result.unet_evals, result.seconds, run_id,
+        label, result.steps_taken, result.unet_evals, result.seconds, run_id,
     )
+    return result

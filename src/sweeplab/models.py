@@ -6,9 +6,10 @@ loads. `PipelineCache` loads each model once per process; samplers are swapped p
 
 from __future__ import annotations
 
+import inspect
 import json
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -92,14 +93,23 @@ def single_file_is_sdxl(path: str) -> bool:
 
 
 class StartLatentRecorder:
-    """Mixin that keeps the latent `prepare_latents` returns: the noised init image."""
+    """Mixin for diffusers pipelines: keeps the latent `prepare_latents` returns (the noised
+    init image the denoiser starts from) and applies a seed variation to its noise."""
 
     recorded_start_latent: torch.Tensor | None = None
+    noise_variation = None  # a sweeplab.noise.NoiseVariation for the next call, or None
 
     def prepare_latents(self, *args, **kwargs):
-        latents = super().prepare_latents(*args, **kwargs)
-        self.recorded_start_latent = latents.detach().float().cpu().clone()
-        return latents
+        prepared = super().prepare_latents(*args, **kwargs)
+        if isinstance(prepared, tuple):  # inpainting pipelines also return noise and image latents
+            self.recorded_start_latent = prepared[0].detach().float().cpu().clone()
+            return prepared
+        if self.noise_variation is not None:
+            timestep = inspect.signature(super().prepare_latents).bind(*args, **kwargs).arguments["timestep"]
+            correction = self.noise_variation.correction(prepared, self.vae.dtype)
+            prepared = prepared + self.scheduler.add_noise(torch.zeros_like(prepared), correction, timestep)
+        self.recorded_start_latent = prepared.detach().float().cpu().clone()
+        return prepared
 
 
 _recording_classes: dict[type, type] = {}
@@ -122,6 +132,23 @@ class LoadedModel:
     pipe: StartLatentRecorder  # an img2img pipeline that keeps its start latent
     scheduler_config: dict  # the model's own scheduler config, the base of every sampler swap
     latent_rgb: tuple | None  # a fitted latent->RGB map shipped with the model, if any
+    _inpaint_pipe: StartLatentRecorder | None = field(default=None, repr=False)
+
+    def pipeline(self, inpaint: bool) -> StartLatentRecorder:
+        """The img2img pipeline, or the inpainting one over the same modules.
+
+        diffusers' inpaint pipeline blends latents outside the mask for a 4-channel UNet
+        and feeds mask and masked image to a 9-channel inpainting UNet.
+        """
+        if not inpaint:
+            return self.pipe
+        if self._inpaint_pipe is None:
+            from diffusers import StableDiffusionInpaintPipeline, StableDiffusionXLInpaintPipeline
+
+            xl = "XL" in type(self.pipe).__name__
+            cls = StableDiffusionXLInpaintPipeline if xl else StableDiffusionInpaintPipeline
+            self._inpaint_pipe = recording_pipeline(cls.from_pipe(self.pipe))
+        return self._inpaint_pipe
 
 
 def load_img2img_pipeline(source: ModelSource, device: str, dtype) -> LoadedModel:
@@ -163,5 +190,6 @@ class PipelineCache:
                 self._pipelines[key] = load_img2img_pipeline(source, device, dtype)
             except (OSError, ValueError) as err:
                 first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-                raise ConfigError(f"model: could not load '{source.location}': {first_line}") from err
+                hint = "; without network, point model.path=... at a local copy" if source.kind == "hub" else ""
+                raise ConfigError(f"model: could not load '{source.location}': {first_line}{hint}") from err
         return self._pipelines[key]

@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from sweeplab.models import LoadedModel
+from sweeplab.noise import NoiseVariation
 from sweeplab.render import LatentRenderer
 from sweeplab.trial import Trial
 
@@ -24,12 +25,14 @@ class TrialResult:
 
     output: Image.Image
     init_image: Image.Image
+    mask: Image.Image | None  # white = redrawn (inpainting); None for plain img2img
     start_latent: torch.Tensor  # [4, h, w]: the noised init image the denoiser starts from
     step_latents: torch.Tensor  # [steps_taken, 4, h, w]: the latent after each denoising step
     step_timesteps: list[float]  # the timestep each recorded step started from
     steps_taken: int
     unet_evals: int
     seconds: float
+    warnings: list[str]  # things the user should know, e.g. a truncated prompt
     start_image: Image.Image = field(repr=False)  # start_latent rendered
     step_images: list[Image.Image] = field(repr=False)  # step_latents rendered
     latent_strip: Image.Image = field(repr=False)
@@ -93,12 +96,33 @@ def swap_scheduler(loaded: LoadedModel, scheduler: str, options: dict):
     return cls.from_config(loaded.scheduler_config, **options)
 
 
+def truncation_warnings(tokenizer, **prompts: str) -> list[str]:
+    """Name the words CLIP will drop: text beyond the tokenizer's 77-token window is cut silently."""
+    found = []
+    limit = tokenizer.model_max_length
+    for key, text in prompts.items():
+        ids = tokenizer(text, truncation=False).input_ids
+        if len(ids) > limit:
+            dropped = tokenizer.decode(ids[limit - 1 : -1], skip_special_tokens=True)
+            found.append(f"{key}: {len(ids) - 2} tokens exceed the {limit - 2}-token limit; truncated: '{dropped}'")
+    return found
+
+
 def run_trial(trial: Trial, loaded: LoadedModel, progress_desc: str | None = None) -> TrialResult:
     """Run one trial deterministically: a fresh CPU generator seeded with the trial's seed."""
     spec = trial.spec
-    pipe = loaded.pipe
+    pipe = loaded.pipeline(inpaint=spec.inpaint)
     pipe.scheduler = swap_scheduler(loaded, spec.scheduler, spec.scheduler_options)
+    pipe.noise_variation = (
+        NoiseVariation(spec.seed, spec.with_variations, spec.variation_amount, spec.variation_seed)
+        if spec.varies_noise else None
+    )
     pipe.set_progress_bar_config(desc=progress_desc, leave=False)
+    warnings = [*trial.warnings, *truncation_warnings(
+        pipe.tokenizer, prompt=spec.prompt, negative_prompt=spec.negative_prompt)]
+    inpaint_args = (
+        {"mask_image": trial.init.mask, "width": spec.width, "height": spec.height} if spec.inpaint else {}
+    )
     steps = _StepRecorder()
     unet_evals = _UnetEvalCounter(pipe.unet)
     started = time.perf_counter()
@@ -106,7 +130,7 @@ def run_trial(trial: Trial, loaded: LoadedModel, progress_desc: str | None = Non
         output = pipe(
             prompt=spec.prompt,
             negative_prompt=spec.negative_prompt or None,
-            image=trial.init_image,
+            image=trial.init.rgb,
             strength=spec.strength,
             num_inference_steps=spec.steps,
             guidance_scale=spec.cfg_scale,
@@ -114,9 +138,11 @@ def run_trial(trial: Trial, loaded: LoadedModel, progress_desc: str | None = Non
             output_type="pil",
             callback_on_step_end=steps,
             callback_on_step_end_tensor_inputs=["latents"],
+            **inpaint_args,
         ).images[0]
     finally:
         unet_evals.remove()
+        pipe.noise_variation = None
     seconds = time.perf_counter() - started
 
     step_latents, step_timesteps = steps.completed()
@@ -124,13 +150,15 @@ def run_trial(trial: Trial, loaded: LoadedModel, progress_desc: str | None = Non
     stacked = torch.stack(step_latents)
     return TrialResult(
         output=output,
-        init_image=trial.init_image,
+        init_image=trial.init.rgb,
+        mask=trial.init.mask,
         start_latent=pipe.recorded_start_latent[0],
         step_latents=stacked,
         step_timesteps=step_timesteps,
         steps_taken=len(step_latents),
         unet_evals=unet_evals.count,
         seconds=seconds,
+        warnings=warnings,
         start_image=renderer.render(pipe.recorded_start_latent[0]),
         step_images=[renderer.render(latent) for latent in stacked],
         latent_strip=renderer.strip(stacked, trial.preview.tile_size),

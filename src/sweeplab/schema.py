@@ -65,6 +65,15 @@ class SweeplabConfig:
     height: Optional[int] = None
     device: str = "auto"
     dtype: str = "auto"
+    # The InvokeAI img2img options, each sweepable.
+    fit: bool = False  # downscale the init image into the width x height box, keeping its aspect ratio
+    iterations: int = 1  # feed each output back as the next init image (InvokeAI -n)
+    variation_amount: float = 0.0  # slerp towards the noise of variation_seed (InvokeAI -v)
+    variation_seed: Optional[int] = None  # null: seed + 1
+    with_variations: list[str] = field(default_factory=list)  # "seed:weight" pairs (InvokeAI -V)
+    steps_taken_target: Optional[int] = None  # pick the nominal steps that really denoise this many
+    prompt_search: Optional[str] = None  # A1111 Prompt S/R: this text in prompt ...
+    prompt_replace: Optional[str] = None  # ... is replaced by this one
 
 
 ConfigStore.instance().store(name="sweeplab_schema", node=SweeplabConfig)
@@ -94,6 +103,7 @@ _TYPE_WORDS = {
     "float": "a number",
     "bool": "true or false",
     "dict[str, Any]": "a mapping",
+    "list[str]": "a list of strings",
 }
 
 

@@ -33,7 +33,7 @@ class _Pen:
     (and therefore the drawing) is the same at every size.
     """
 
-    def __init__(self, width: int, height: int, background: Color, seed: int) -> None:
+    def __init__(self, width: int, height: int, background: Color, seed: int, outlines: bool = True) -> None:
         if width < 1 or height < 1:
             raise ValueError(f"sketch size must be positive, got {width}x{height}")
         self.image = Image.new("RGB", (width, height), background)
@@ -42,6 +42,7 @@ class _Pen:
         self.rng = random.Random(seed)
         self.unit = min(width, height)
         self.stroke = max(2, round(self.unit * 0.012))
+        self.outlines = outlines  # False: flat colour regions only, the basis of a "finished" rendering
 
     def _wobbly(self, pts: Sequence[Point], closed: bool, wobble: float, steps: int) -> list[Point]:
         """Pixel coordinates of ``pts``, each edge cut in ``steps`` and jittered."""
@@ -63,13 +64,15 @@ class _Pen:
         px = self._wobbly(pts, True, wobble, steps)
         if fill is not None:
             self.draw.polygon(px, fill=fill)
-        if outline is not None:
+        if outline is not None and self.outlines:
             self.draw.line(px + [px[0]], fill=outline, width=self._width(thickness), joint="curve")
 
     def line(self, pts: Sequence[Point], color: Color = INK, wobble: float = 0.004,
              steps: int = 3, thickness: float = 1.0) -> None:
-        """An open, wobbly stroke."""
+        """An open, wobbly stroke; ink strokes are left out when outlines are off."""
         px = self._wobbly(pts, False, wobble, steps)
+        if color == INK and not self.outlines:
+            return
         self.draw.line(px, fill=color, width=self._width(thickness), joint="curve")
 
     def _width(self, thickness: float) -> int:
@@ -112,9 +115,9 @@ def _flame(cx: float, base: float, half_width: float, height: float,
     return pts
 
 
-def fireplace(width: int = 512, height: int = 512) -> Image.Image:
+def fireplace(width: int = 512, height: int = 512, seed: int = 1, outlines: bool = True) -> Image.Image:
     """A crude fireplace with a roaring fire: wall, brick surround, mantel, logs."""
-    pen = _Pen(width, height, background=(236, 220, 178), seed=1)
+    pen = _Pen(width, height, background=(236, 220, 178), seed=seed, outlines=outlines)
     floor_y = 0.86
     pen.rect(-0.02, floor_y, 1.02, 1.02, fill=(158, 104, 58))  # floor boards and the floor line
     for x in (0.2, 0.45, 0.7, 0.95):
@@ -142,9 +145,9 @@ def fireplace(width: int = 512, height: int = 512) -> Image.Image:
     return pen.image
 
 
-def tree_hill_river(width: int = 512, height: int = 512) -> Image.Image:
+def tree_hill_river(width: int = 512, height: int = 512, seed: int = 2, outlines: bool = True) -> Image.Image:
     """A sketch of a tree on a green hill, a sun, and a river winding through grass."""
-    pen = _Pen(width, height, background=(150, 205, 245), seed=2)
+    pen = _Pen(width, height, background=(150, 205, 245), seed=seed, outlines=outlines)
     # sun with rays, a cloud
     for k in range(8):
         a = 2 * math.pi * k / 8

@@ -28,6 +28,7 @@ DEFAULT_EXPERIMENT = "sweeplab"
 STEP_IMAGE_KEY = "latent"
 CONFIG_HASH_TAG = "sweeplab.config_hash"
 ERROR_TAG = "sweeplab.error"
+WARNINGS_TAG = "sweeplab.warnings"
 
 
 def resolve_tracking_uri(configured: str | None) -> str:
@@ -98,9 +99,13 @@ class MlflowTracker:
         now = int(time.time() * 1000)
         metrics = {"steps_taken": result.steps_taken, "unet_evals": result.unet_evals, "seconds": result.seconds}
         self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
+        if result.warnings:
+            self.client.set_tag(run_id, WARNINGS_TAG, "\n".join(result.warnings))
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)
             result.init_image.save(folder / "init.png")
+            if result.mask is not None:
+                result.mask.save(folder / "mask.png")
             result.output.save(folder / "output.png")
             result.start_image.save(folder / "start.png")
             result.latent_strip.save(folder / "latent_strip.png")

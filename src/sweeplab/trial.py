@@ -5,24 +5,39 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, dataclass, field, fields, replace
 
 from omegaconf import DictConfig
 from PIL import Image
 
 from sweeplab.errors import ConfigError
-from sweeplab.images import fit_to_size, image_digest, load_init_image
+from sweeplab.images import (
+    SMALL_IMAGE_WARNING,
+    SMALL_SIDE,
+    InitImage,
+    fit_within,
+    image_digest,
+    load_init_image,
+    resize_init_image,
+)
 from sweeplab.models import ModelSource, resolve_model_source
 from sweeplab.schema import PreviewConfig, SweeplabConfig, validate_config
 
 DTYPES = ("float32", "float16", "bfloat16")
 PREVIEW_METHODS = ("linear", "vae")
 MAX_SEED = 2**63 - 1
+PARAM_KEYS = ("model", "sampler", "strength", "steps", "seed", "cfg_scale", "width", "height", "prompt",
+              "negative_prompt", "init_image", "fit", "iteration", "variation_amount", "variation_seed",
+              "steps_taken_target")
 
 
 @dataclass(frozen=True)
 class TrialSpec:
-    """What defines one img2img trial; its hash names the trial across runs and machines."""
+    """What defines one img2img trial; its hash names the trial across runs and machines.
+
+    Fields with defaults are options: at their default they stay out of the hash, so
+    adding an option never renames the trials that do not use it.
+    """
 
     model: str
     model_source: ModelSource
@@ -41,38 +56,69 @@ class TrialSpec:
     height: int
     device: str
     dtype: str
+    inpaint: bool = False
+    fit: bool = False
+    variation_amount: float = 0.0
+    variation_seed: int | None = None
+    with_variations: tuple[tuple[int, float], ...] = ()
+    steps_taken_target: int | None = None
+    iteration: int = 0
 
     @property
     def config_hash(self) -> str:
-        identity = asdict(self)
+        identity = {
+            spec.name: getattr(self, spec.name)
+            for spec in fields(self)
+            if spec.default is MISSING or getattr(self, spec.name) != spec.default
+        }
         identity["model_source"] = self.model_source.identity
         identity["init_image"] = None  # the pixels count, not the path they came from
         canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
+    @property
+    def varies_noise(self) -> bool:
+        return self.variation_amount > 0 or bool(self.with_variations)
+
     def params(self) -> dict[str, str]:
         """The values users compare runs by, as MLflow params."""
-        keys = ("model", "sampler", "strength", "steps", "seed", "cfg_scale", "width", "height",
-                "prompt", "negative_prompt", "init_image")
-        return {key: str(getattr(self, key)) for key in keys}
+        params = {key: str(getattr(self, key)) for key in PARAM_KEYS}
+        params["with_variations"] = ",".join(f"{seed}:{weight:g}" for seed, weight in self.with_variations)
+        return params
 
 
 @dataclass(frozen=True)
 class Trial:
     spec: TrialSpec
-    init_image: Image.Image  # already at the trial's width x height
+    init: InitImage  # already at the trial's width x height; a mask means inpainting
     preview: PreviewConfig
+    warnings: tuple[str, ...] = ()
+    iterations: int = 1  # the length of the chain this trial starts
+    prompt_template: tuple[str, str] | None = None  # Prompt S/R: (search, replace)
+
+    def next_iteration(self, output: Image.Image) -> "Trial":
+        """The next link of an iterations chain: this trial's output becomes the init image."""
+        init = InitImage(output.convert("RGB"), self.init.mask)
+        spec = replace(self.spec, init_image_sha256=image_digest(init), iteration=self.spec.iteration + 1)
+        return replace(self, spec=spec, init=init, warnings=())
 
 
 def prepare_trial(cfg: DictConfig) -> Trial:
     """Validate one trial's config, cheapest checks first, and load its init image."""
     conf = validate_config(cfg)
-    _check_ranges(conf)
+    steps = _resolve_steps(conf)
+    _check_ranges(conf, steps)
+    prompt, template = _resolve_prompt(conf)
+    variations = _parse_variations(conf.with_variations)
     scheduler_options = _check_sampler(conf)
     model_source = resolve_model_source(conf.model)
     image = load_init_image(conf.init_image)
-    width = _check_size("width", conf.width, image.width)
-    height = _check_size("height", conf.height, image.height)
+    width, height = _trial_size(conf, image.rgb.width, image.rgb.height)
+    warnings = []
+    if min(image.rgb.size) < SMALL_SIDE:
+        warnings.append(SMALL_IMAGE_WARNING.format(w=image.rgb.width, h=image.rgb.height))
+    if image.mask is not None and (variations or conf.variation_amount > 0):
+        raise ConfigError("variation_amount/with_variations: not supported with a transparent (inpainting) init image")
     device = resolve_device(conf.device)
     spec = TrialSpec(
         model=conf.model.name,
@@ -80,33 +126,107 @@ def prepare_trial(cfg: DictConfig) -> Trial:
         sampler=conf.sampler.name,
         scheduler=conf.sampler.scheduler,
         scheduler_options=scheduler_options,
-        prompt=conf.prompt,
+        prompt=prompt,
         negative_prompt=conf.negative_prompt,
         init_image=conf.init_image,
         init_image_sha256=image_digest(image),
         strength=conf.strength,
-        steps=conf.steps,
+        steps=steps,
         seed=conf.seed,
         cfg_scale=conf.cfg_scale,
         width=width,
         height=height,
         device=device,
         dtype=resolve_dtype(conf.dtype, device),
+        inpaint=image.mask is not None,
+        fit=conf.fit,
+        variation_amount=conf.variation_amount,
+        variation_seed=_variation_seed(conf),
+        with_variations=variations,
+        steps_taken_target=conf.steps_taken_target,
     )
-    return Trial(spec, fit_to_size(image, width, height), conf.preview)
+    init = resize_init_image(image, width, height)
+    return Trial(spec, init, conf.preview, tuple(warnings), conf.iterations, template)
 
 
-def _check_ranges(conf: SweeplabConfig) -> None:
+def _resolve_steps(conf: SweeplabConfig) -> int:
+    """`steps`, or the smallest nominal step count that really denoises `steps_taken_target` times.
+
+    diffusers' img2img denoises int(steps * strength) steps (StableDiffusionImg2ImgPipeline.get_timesteps).
+    """
+    target = conf.steps_taken_target
+    if target is None:
+        return conf.steps
+    if target < 1:
+        raise ConfigError(f"steps_taken_target: {target} is out of range; allowed 1 or more")
+    if not 0 < conf.strength <= 1:
+        raise ConfigError(f"steps_taken_target: needs a strength in (0, 1], got {conf.strength}")
+    steps = max(1, int(target / conf.strength) - 2)
+    while int(steps * conf.strength) < target:
+        steps += 1
+    if int(steps * conf.strength) != target:
+        raise ConfigError(
+            f"steps_taken_target: no step count denoises exactly {target} steps at strength {conf.strength}; "
+            f"{steps} steps denoise {int(steps * conf.strength)}"
+        )
+    return steps
+
+
+def _resolve_prompt(conf: SweeplabConfig) -> tuple[str, tuple[str, str] | None]:
+    """A1111's Prompt S/R: the prompt with prompt_search replaced by prompt_replace."""
+    if conf.prompt_search is None and conf.prompt_replace is None:
+        return conf.prompt, None
+    if not conf.prompt_search:
+        raise ConfigError("prompt_search: must be set (non-empty) when prompt_replace is used")
+    if conf.prompt_search not in conf.prompt:
+        raise ConfigError(f"prompt_search: '{conf.prompt_search}' does not occur in prompt '{conf.prompt}'")
+    replacement = conf.prompt_search if conf.prompt_replace is None else conf.prompt_replace
+    return conf.prompt.replace(conf.prompt_search, replacement), (conf.prompt_search, replacement)
+
+
+def _parse_variations(pairs: list[str]) -> tuple[tuple[int, float], ...]:
+    parsed = []
+    for pair in pairs:
+        seed, sep, weight = str(pair).partition(":")
+        try:
+            parsed.append((int(seed), float(weight)))
+        except ValueError:
+            sep = ""
+        if not sep or not 0 <= parsed[-1][1] <= 1 or not 0 <= parsed[-1][0] <= MAX_SEED:
+            raise ConfigError(f"with_variations: '{pair}' is not seed:weight with a weight in 0..1, e.g. 1234:0.1")
+    return tuple(parsed)
+
+
+def _variation_seed(conf: SweeplabConfig) -> int | None:
+    if conf.variation_amount == 0:
+        return None
+    return conf.seed + 1 if conf.variation_seed is None else conf.variation_seed
+
+
+def _trial_size(conf: SweeplabConfig, image_width: int, image_height: int) -> tuple[int, int]:
+    """width x height; with fit=true the image's aspect ratio inside that box (InvokeAI --fit)."""
+    width = _check_size("width", conf.width, image_width)
+    height = _check_size("height", conf.height, image_height)
+    if conf.fit:
+        return fit_within(image_width, image_height, width, height)
+    return width, height
+
+
+def _check_ranges(conf: SweeplabConfig, steps: int) -> None:
     if not 0.0 <= conf.strength <= 1.0:
         raise ConfigError(f"strength: {conf.strength} is out of range; allowed 0.0 to 1.0")
-    if conf.steps < 1:
-        raise ConfigError(f"steps: {conf.steps} is out of range; allowed 1 or more")
-    if int(conf.steps * conf.strength) < 1:
+    if steps < 1:
+        raise ConfigError(f"steps: {steps} is out of range; allowed 1 or more")
+    if int(steps * conf.strength) < 1:
         fix = f"use steps >= {_min_steps_for_one(conf.strength)} or " if conf.strength > 0 else ""
         raise ConfigError(
-            f"strength x steps: {conf.strength} x {conf.steps} runs no denoising step "
-            f"(img2img denoises int(steps * strength) = 0 steps); {fix}strength >= {1 / conf.steps:g}"
+            f"strength x steps: {conf.strength} x {steps} runs no denoising step "
+            f"(img2img denoises int(steps * strength) = 0 steps); {fix}strength >= {1 / steps:g}"
         )
+    if not 1 <= conf.iterations <= 100:
+        raise ConfigError(f"iterations: {conf.iterations} is out of range; allowed 1 to 100")
+    if not 0.0 <= conf.variation_amount <= 1.0:
+        raise ConfigError(f"variation_amount: {conf.variation_amount} is out of range; allowed 0.0 to 1.0")
     if not 0 <= conf.seed <= MAX_SEED:
         raise ConfigError(f"seed: {conf.seed} is out of range; allowed 0 to {MAX_SEED}")
     if conf.cfg_scale < 0:

@@ -165,16 +165,16 @@ class LatentRGB:
     residual_rms: float
 
 
-def fit_latent_rgb(vae: AutoencoderKL) -> LatentRGB:
-    """Least-squares fit of scaled VAE latents to the fit images area-downsampled to latent resolution.
+def fit_latent_rgb(vae: AutoencoderKL, images: torch.Tensor | None = None) -> LatentRGB:
+    """Least-squares fit of scaled VAE latents to images (default: `fit_images`) area-downsampled
+    to latent resolution.
 
-    Random weights have no published preview factors (like InvokeAI's SD 1.x
-    ones), so they are fitted here; the latents are the ones the UNet sees
-    (``mode() * scaling_factor``). The fit is weak by nature: a random encoder's
-    GroupNorms normalise each image's colour statistics away, and
-    ``residual_rms`` records how much is left unexplained.
+    The toy VAE has no published preview factors (like InvokeAI's SD 1.x ones), so they are
+    fitted here; the latents are the ones the UNet sees (``mode() * scaling_factor``). For
+    random weights the fit is weak by nature: a random encoder's GroupNorms normalise each
+    image's colour statistics away, and ``residual_rms`` records how much is left unexplained.
     """
-    images = fit_images()
+    images = fit_images() if images is None else images
     latents = _unscaled_latents(vae, images) * vae.config.scaling_factor
     factor = images.shape[-1] // latents.shape[-1]
     targets = F.avg_pool2d(images, factor)

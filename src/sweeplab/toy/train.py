@@ -1,0 +1,248 @@
+"""Train the toy model so that it draws what the prompt says.
+
+    python -m sweeplab.toy.train --workdir /tmp/toy-train            # full run, resumable
+    python -m sweeplab.toy.train --workdir /tmp/toy-train --resume   # continue from the checkpoint
+
+Stage 1 trains the 8x VAE on finished scenes and sketches; stage 2 trains the UNet and the
+text encoder on pre-encoded latents of finished scenes, dropping captions now and then so
+that classifier-free guidance works. Everything is seeded: the same seed gives the same
+dataset and the same sequence of batches. The result is written in diffusers format with a
+fitted latent->RGB map (by default into the folder the project ships).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler
+from tqdm import tqdm
+
+from sweeplab.render import LATENT_RGB_FILE
+from sweeplab.toy.build import SD15_SCHEDULER_CONFIG, build_toy_pipeline, fit_latent_rgb
+from sweeplab.toy.scenes import caption, random_scene, render
+
+SHIPPED_DIR = Path(__file__).resolve().parent / "weights"
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0
+    scenes: int = 3000  # finished scenes (and their sketches) rendered once into the dataset
+    image_size: int = 256  # UNet training resolution: 32x32 latents
+    vae_crop: int = 128
+    vae_steps: int = 2500
+    vae_batch: int = 16
+    vae_lr: float = 1e-3
+    unet_steps: int = 6000
+    unet_batch: int = 32
+    unet_lr: float = 5e-4
+    text_lr: float = 1e-4
+    caption_dropout: float = 0.15
+    checkpoint_every: int = 250
+    device: str = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def build_dataset(config: TrainConfig, folder: Path) -> dict:
+    """Render scenes, sketches and captions once; cached in the workdir as dataset.npz."""
+    path = folder / "dataset.npz"
+    if path.exists():
+        data = np.load(path)
+        return {"photos": data["photos"], "sketches": data["sketches"], "captions": list(data["captions"])}
+    rng = random.Random(config.seed)
+    photos, sketches, captions = [], [], []
+    for _ in tqdm(range(config.scenes), desc="rendering scenes"):
+        scene = random_scene(rng)
+        photos.append(np.asarray(render(scene, config.image_size)))
+        sketches.append(np.asarray(render(scene, config.image_size, sketch=True)))
+        captions.append(caption(scene, rng))
+    data = {"photos": np.stack(photos), "sketches": np.stack(sketches), "captions": np.array(captions)}
+    np.savez(path, **data)
+    return {**data, "captions": captions}
+
+
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
+class Checkpoint:
+    """Models, optimiser and step in one file, so a stopped run resumes where it was.
+
+    Batches after a resume are drawn from generators seeded by the step, so a resumed run is
+    reproducible, though not bit-identical to one that never stopped.
+    """
+
+    def __init__(self, folder: Path):
+        self.path = folder / "checkpoint.pt"
+
+    def save(self, stage: str, step: int, modules: dict, optimizer) -> None:
+        state = {
+            "stage": stage, "step": step, "optimizer": optimizer.state_dict(),
+            "modules": {name: module.state_dict() for name, module in modules.items()},
+        }
+        tmp = self.path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        tmp.replace(self.path)
+
+    def load(self) -> dict | None:
+        return torch.load(self.path, weights_only=False, map_location="cpu") if self.path.exists() else None
+
+
+def _pin_posterior(vae) -> None:
+    """Keep the VAE posterior nearly deterministic, like SD's (log-variance channels fixed at -20)."""
+    latent = vae.config.latent_channels
+    with torch.no_grad():
+        vae.quant_conv.weight[latent:] = 0.0
+        vae.quant_conv.bias[latent:] = -20.0
+
+
+def train_vae(pipe, data: dict, config: TrainConfig, checkpoint: Checkpoint, state: dict | None) -> None:
+    vae = pipe.vae.train()
+    images = np.concatenate([data["photos"], data["sketches"]])
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=config.vae_lr, weight_decay=0.0)
+    start = 0
+    if state and state["stage"] == "vae":
+        vae.load_state_dict(state["modules"]["vae"])
+        optimizer.load_state_dict(state["optimizer"])
+        start = state["step"]
+    generator = np.random.default_rng(config.seed + 1 + start)
+    progress = tqdm(range(start, config.vae_steps), desc="VAE", initial=start, total=config.vae_steps)
+    for step in progress:
+        picks = generator.integers(0, len(images), config.vae_batch)
+        x, y = generator.integers(0, config.image_size - config.vae_crop + 1, 2)
+        batch = to_tensor(images[picks, y : y + config.vae_crop, x : x + config.vae_crop]).to(config.device)
+        lr = config.vae_lr * min(1.0, (step + 1) / 200) * (0.1 + 0.9 * (1 - step / config.vae_steps))
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        recon = vae.decode(vae.encode(batch).latent_dist.mode()).sample
+        loss = F.mse_loss(recon, batch) + 0.5 * F.l1_loss(recon, batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        optimizer.step()
+        _pin_posterior(vae)
+        progress.set_postfix(loss=f"{loss.item():.4f}")
+        if (step + 1) % config.checkpoint_every == 0:
+            checkpoint.save("vae", step + 1, {"vae": vae}, optimizer)
+    checkpoint.save("vae", config.vae_steps, {"vae": vae}, optimizer)
+    vae.eval()
+
+
+@torch.no_grad()
+def encode_latents(vae, photos: np.ndarray, batch: int = 32) -> tuple[torch.Tensor, float]:
+    """All training latents once (UNet training never runs the VAE), and the scaling factor."""
+    latents = torch.cat([vae.encode(to_tensor(photos[i : i + batch]).to(vae.device)).latent_dist.mode()
+                         for i in tqdm(range(0, len(photos), batch), desc="encoding latents")])
+    scaling = float(f"{1.0 / latents.std().item():.4g}")
+    return latents * scaling, scaling
+
+
+def train_unet(pipe, latents: torch.Tensor, captions: list[str], config: TrainConfig,
+               checkpoint: Checkpoint, state: dict | None) -> None:
+    unet, text_encoder, tokenizer = pipe.unet.train(), pipe.text_encoder.train(), pipe.tokenizer
+    noise_schedule = DDPMScheduler.from_config(SD15_SCHEDULER_CONFIG)
+    optimizer = torch.optim.AdamW([
+        {"params": unet.parameters(), "lr": config.unet_lr},
+        {"params": text_encoder.parameters(), "lr": config.text_lr},
+    ], weight_decay=1e-2)
+    start = 0
+    if state and state["stage"] == "unet":
+        unet.load_state_dict(state["modules"]["unet"])
+        text_encoder.load_state_dict(state["modules"]["text_encoder"])
+        optimizer.load_state_dict(state["optimizer"])
+        start = state["step"]
+    tokens = tokenizer(captions + [""], padding="max_length", truncation=True, return_tensors="pt").input_ids
+    tokens = tokens.to(config.device)
+    empty = len(captions)
+    generator = np.random.default_rng(config.seed + 2 + start)
+    torch_generator = torch.Generator().manual_seed(config.seed + 3 + start)
+    progress = tqdm(range(start, config.unet_steps), desc="UNet", initial=start, total=config.unet_steps)
+    for step in progress:
+        picks = generator.integers(0, len(latents), config.unet_batch)
+        dropped = generator.random(config.unet_batch) < config.caption_dropout
+        ids = tokens[torch.from_numpy(np.where(dropped, empty, picks)).to(config.device)]
+        clean = latents[torch.from_numpy(picks).to(config.device)]
+        noise = torch.randn(clean.shape, generator=torch_generator).to(config.device)  # CPU draws: same on any device
+        timesteps = torch.randint(
+            0, noise_schedule.config.num_train_timesteps, (len(picks),), generator=torch_generator
+        ).to(config.device)
+        noisy = noise_schedule.add_noise(clean, noise, timesteps)
+        warmup = min(1.0, (step + 1) / 300)
+        decay = 0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * step / config.unet_steps))
+        optimizer.param_groups[0]["lr"] = config.unet_lr * warmup * decay
+        optimizer.param_groups[1]["lr"] = config.text_lr * warmup * decay
+        prediction = unet(noisy, timesteps, encoder_hidden_states=text_encoder(ids)[0]).sample
+        loss = F.mse_loss(prediction, noise)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([*unet.parameters(), *text_encoder.parameters()], 1.0)
+        optimizer.step()
+        progress.set_postfix(loss=f"{loss.item():.4f}")
+        if (step + 1) % config.checkpoint_every == 0:
+            checkpoint.save("unet", step + 1, {"unet": unet, "text_encoder": text_encoder}, optimizer)
+    checkpoint.save("unet", config.unet_steps, {"unet": unet, "text_encoder": text_encoder}, optimizer)
+    unet.eval()
+    text_encoder.eval()
+
+
+def train(config: TrainConfig, workdir: Path, out: Path, resume: bool) -> dict:
+    workdir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(config.seed)
+    checkpoint = Checkpoint(workdir)
+    state = checkpoint.load() if resume else None
+    started = time.perf_counter()
+    data = build_dataset(config, workdir)
+    pipe = build_toy_pipeline(config.seed).to(config.device)
+    if state is None or state["stage"] == "vae":
+        train_vae(pipe, data, config, checkpoint, state)
+        state = None
+        torch.save(pipe.vae.state_dict(), workdir / "vae.pt")
+    else:
+        pipe.vae.load_state_dict(torch.load(workdir / "vae.pt", map_location=config.device))
+    latents, scaling = encode_latents(pipe.vae, data["photos"])
+    pipe.vae.register_to_config(scaling_factor=scaling)
+    train_unet(pipe, latents, data["captions"], config, checkpoint, state)
+    pipe.to("cpu")
+    report = save_trained(pipe, out, to_tensor(data["photos"][:64]))
+    report.update(config=asdict(config), seconds=round(time.perf_counter() - started),
+                  machine=f"{platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} threads".strip())
+    (out / "training.json").write_text(json.dumps(report, indent=2, sort_keys=True))
+    return report
+
+
+def save_trained(pipe, out: Path, fit_images: torch.Tensor) -> dict:
+    """Write the pipeline (safetensors) and its latent->RGB map fitted on training scenes."""
+    if out.exists():
+        shutil.rmtree(out)
+    pipe.save_pretrained(out, safe_serialization=True)
+    fit = fit_latent_rgb(pipe.vae, fit_images)
+    fitted = {"factors": fit.factors.tolist(), "bias": fit.bias.tolist(), "residual_rms": round(fit.residual_rms, 6)}
+    (out / LATENT_RGB_FILE).write_text(json.dumps(fitted))
+    weights = sum(p.stat().st_size for p in out.rglob("*.safetensors"))
+    return {"weights_bytes": weights, "latent_rgb_residual_rms": fitted["residual_rms"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", type=Path, required=True, help="dataset cache and checkpoints")
+    parser.add_argument("--out", type=Path, default=SHIPPED_DIR, help="where the trained pipeline goes")
+    parser.add_argument("--resume", action="store_true", help="continue from workdir/checkpoint.pt")
+    for name, value in asdict(TrainConfig()).items():
+        parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
+    args = parser.parse_args()
+    config = TrainConfig(**{name: getattr(args, name) for name in asdict(TrainConfig())})
+    report = train(config, args.workdir, args.out, args.resume)
+    print(json.dumps(report, indent=2, sort_keys=True))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""Real checkpoint loading paths, exercised offline: diffusers folders (SDXL too), single files, hub ids."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from sweeplab.errors import ConfigError
+from sweeplab.models import PipelineCache, resolve_model_source, single_file_is_sdxl
+from sweeplab.runner import run_trial
+from sweeplab.schema import ModelConfig
+from sweeplab.trial import prepare_trial
+
+
+@pytest.fixture(scope="module")
+def tiny_sdxl_folder(tmp_path_factory, toy_model):
+    """A tiny SDXL pipeline (two text encoders, text_time embeddings) saved in diffusers format."""
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    tokenizer = toy_model.pipe.tokenizer
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=2, sample_size=32, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
+        addition_time_embed_dim=8, transformer_layers_per_block=(1, 2),
+        projection_class_embeddings_input_dim=80, cross_attention_dim=64,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=[32, 64], in_channels=3, out_channels=3, latent_channels=4, sample_size=128,
+        down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
+    )
+    text_config = CLIPTextConfig(
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.eos_token_id,
+        hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=5,
+        vocab_size=len(tokenizer), hidden_act="gelu", projection_dim=32,
+    )
+    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                       steps_offset=1, timestep_spacing="leading")
+    folder = tmp_path_factory.mktemp("tiny-sdxl")
+    StableDiffusionXLPipeline(
+        vae=vae, text_encoder=CLIPTextModel(text_config), text_encoder_2=CLIPTextModelWithProjection(text_config),
+        tokenizer=tokenizer, tokenizer_2=tokenizer, unet=unet, scheduler=scheduler,
+    ).save_pretrained(folder)
+    return folder
+
+
+def test_sdxl_folder_loads_the_sdxl_img2img_pipeline_and_runs(compose_config, tiny_sdxl_folder):
+    trial = prepare_trial(compose_config(f"model.path={tiny_sdxl_folder}", "width=64", "height=64", "steps=4",
+                                         "strength=0.5", "sampler=k_euler", "preview.method=vae"))
+    assert trial.spec.model_source.kind == "folder"
+    loaded = PipelineCache().get(trial.spec.model_source, "cpu", torch.float32)
+    assert type(loaded.pipe).__name__ == "RecordingStableDiffusionXLImg2ImgPipeline"
+    result = run_trial(trial, loaded)
+    assert (result.steps_taken, result.unet_evals) == (2, 2)
+    assert result.start_latent.shape == (4, 32, 32)  # this tiny VAE downsamples 2x
+    assert result.output.size == (64, 64)
+
+
+def test_single_file_family_is_read_from_the_header(tmp_path):
+    sd = tmp_path / "sd15.safetensors"
+    xl = tmp_path / "sdxl.safetensors"
+    save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(1)}, str(sd))
+    save_file({"conditioner.embedders.1.model.ln_final.weight": torch.zeros(1)}, str(xl))
+    assert not single_file_is_sdxl(str(sd))
+    assert single_file_is_sdxl(str(xl))
+    source = resolve_model_source(ModelConfig(name="mine", path=str(xl)))
+    assert (source.kind, source.location) == ("single_file", str(xl))
+
+
+def test_pickle_checkpoints_are_refused(tmp_path):
+    path = tmp_path / "model.ckpt"
+    path.write_bytes(b"\x80\x04pickle")
+    with pytest.raises(ConfigError, match=r"^model.path: '.*model.ckpt' is a pickle checkpoint"):
+        resolve_model_source(ModelConfig(name="mine", path=str(path)))
+
+
+def test_hub_model_without_network_fails_in_one_line(sweeplab_cli):
+    done = sweeplab_cli("model=sd15", "steps=4", env={"HF_HUB_OFFLINE": "1"})
+    assert done.returncode != 0
+    errors = [line for line in done.stderr.splitlines() if line.startswith("sweeplab: error:")]
+    assert len(errors) == 1 and "model: could not load 'stable-diffusion-v1-5/stable-diffusion-v1-5'" in errors[0]
+    assert "model.path=" in errors[0] and "Traceback" not in done.stderr
