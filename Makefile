@@ -1,11 +1,12 @@
-# Two commands: `make demo` (set up and run a demo sweep) and `make test`.
+# Two commands: `make demo` (set up and run a demo sweep) and `make test`;
+# `make figures` regenerates reports/invokeai_img2img/ (the InvokeAI img2img doc's figures).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # The CPU wheel; a torch already in the venv (e.g. a CUDA build) is kept as it is.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install demo test clean-demo
+.PHONY: install demo test figures clean-demo
 
 install: $(VENV)/.installed
 
@@ -21,6 +22,9 @@ demo: install
 	@echo "Results: MLflow store sqlite:///$(CURDIR)/mlflow.db, artifacts in $(CURDIR)/mlartifacts/demo"
 	@echo "Browse them:  $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db"
 	@echo "then open http://127.0.0.1:5000 and the experiment 'demo'."
+
+figures: install
+	$(VENV)/bin/sweeplab-report doc-figures --experiment invokeai_img2img --run-missing
 
 test: install
 	$(PY) -m pytest -q -p no:cacheprovider

@@ -18,6 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
@@ -46,8 +47,10 @@ def experiment_name(cfg: DictConfig) -> str:
     """tracking.experiment, else the experiment=NAME in use, else 'sweeplab'."""
     if cfg.tracking.get("experiment"):
         return cfg.tracking.experiment
-    choices = OmegaConf.select(cfg, "hydra.runtime.choices", default=None) or {}
-    return choices.get("experiment") or DEFAULT_EXPERIMENT
+    choices = OmegaConf.select(cfg, "hydra.runtime.choices", default=None)
+    if choices is None and HydraConfig.initialized():  # a job's cfg has no hydra node: ask Hydra
+        choices = HydraConfig.get().runtime.choices
+    return (choices or {}).get("experiment") or DEFAULT_EXPERIMENT
 
 
 def _sqlite_artifact_root(uri: str, name: str) -> str | None:

@@ -1,0 +1,5 @@
+"""`python -m sweeplab.report` is `sweeplab-report`."""
+
+from sweeplab.report.cli import main
+
+main()

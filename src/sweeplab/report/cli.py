@@ -1,0 +1,114 @@
+"""`sweeplab-report`: tables and figures from sweeps stored in MLflow.
+
+    sweeplab-report steps-vs-strength --experiment demo
+    sweeplab-report grid --experiment tree_on_a_hill --x prompt --y seed
+    sweeplab-report strips --latest-sweep --experiment demo
+    sweeplab-report doc-figures --experiment invokeai_img2img --run-missing
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from sweeplab.report.page import write_report
+from sweeplab.report.runs import (PARAM_KEYS, Artifacts, ReportError, client_for, load_runs, one_per_trial)
+
+PROG = "sweeplab-report"
+
+
+def _selection(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--experiment", metavar="NAME", help="MLflow experiment (= experiment=NAME of the sweep)")
+    parser.add_argument("--sweep", metavar="RUN_ID", help="only the trials of this sweep (parent) run")
+    parser.add_argument("--latest-sweep", action="store_true", help="only the trials of the experiment's latest sweep")
+    parser.add_argument("--tracking-uri", metavar="URI",
+                        help="MLflow store; default MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here")
+    parser.add_argument("--out", metavar="DIR", type=Path, help="output folder; default reports/<experiment>")
+    parser.add_argument("--run-missing", action="store_true",
+                        help="first run the experiment's trials that have no finished run (needs --experiment)")
+    parser.add_argument("--thumb", type=int, default=128, metavar="PX", help="thumbnail width (default 128)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description="Reports (Markdown, CSV, HTML, PNG) from sweeplab "
+                                     "runs in MLflow, written to reports/<experiment>/.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    table = commands.add_parser("steps-vs-strength", help="rows strengths, columns steps: steps taken, UNet "
+                                "evaluations, output", description="Rows strengths, columns requested steps; each "
+                                "cell: steps actually taken, UNet evaluations, output thumbnail.")
+    _selection(table)
+    grid = commands.add_parser("grid", help="labelled image grid over two swept keys (X/Y), one per Z value",
+                               description="A labelled image grid (PNG) over two swept keys, one grid per value of "
+                               f"an optional third. Keys: {', '.join(PARAM_KEYS)}.")
+    _selection(grid)
+    grid.add_argument("--x", required=True, metavar="KEY", help="key along the columns, e.g. strength")
+    grid.add_argument("--y", required=True, metavar="KEY", help="key along the rows, e.g. steps")
+    grid.add_argument("--z", metavar="KEY", help="one grid per value of this key, e.g. sampler")
+    grid.add_argument("--image", default="output", help="output | start | init | latent_strip (default output)")
+    grid.add_argument("--cell", type=int, default=128, metavar="PX", help="cell width in pixels (default 128)")
+    grid.add_argument("--margin", type=int, default=16, metavar="PX", help="outer margin (default 16)")
+    grid.add_argument("--gap", type=int, default=4, metavar="PX", help="space between cells (default 4)")
+    grid.add_argument("--font-size", type=int, default=14, metavar="PX", help="label font size (default 14)")
+    strips = commands.add_parser("strips", help="start image, latent strip and output per trial, as in the doc",
+                                 description="Each trial's start image (the initial image SD sees), steps, latent "
+                                 "strip and output, laid out as in the InvokeAI img2img doc's table.")
+    _selection(strips)
+    doc = commands.add_parser("doc-figures", help="the InvokeAI img2img doc's figure set for an experiment",
+                              description="The InvokeAI img2img doc's figures: 10 steps at 0.7 vs 0.4, the "
+                              "compensated 50@0.4, 30@0.7 and 29@0.7, and why the step counts differ from the doc.")
+    _selection(doc)
+    return parser
+
+
+def build_report(args, frame, artifacts, experiment: str):
+    """Dispatch to the subcommand's report builder."""
+    from sweeplab.report import docfigures, reports
+
+    if args.command == "steps-vs-strength":
+        return reports.steps_vs_strength(frame, artifacts, args.thumb)
+    if args.command == "grid":
+        return reports.grid(frame, artifacts, args.x, args.y, args.z, args.image, args.cell, args.margin, args.gap,
+                            args.font_size)
+    if args.command == "strips":
+        return reports.strips(frame, artifacts)
+    return docfigures.doc_figures(frame, artifacts, experiment, args.thumb)
+
+
+def run(args) -> list[Path]:
+    """Select runs, optionally run what is missing, build the report and write it."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client = client_for(args.tracking_uri, create=args.run_missing)
+        planned = None
+        if args.run_missing:
+            if not args.experiment:
+                raise ReportError("--run-missing needs --experiment NAME (an experiments/NAME.yaml)")
+            from sweeplab.report.missing import run_missing
+
+            planned = run_missing(client, args.experiment)
+        frame = load_runs(client, args.experiment, args.sweep, args.latest_sweep)
+        experiment = frame["experiment"].iloc[0]
+        frame = one_per_trial(frame)
+        if planned is not None:
+            frame = frame[frame["config_hash"].isin(planned) | frame["config_hash"].isna()].reset_index(drop=True)
+        artifacts = Artifacts(client)
+        try:
+            report = build_report(args, frame, artifacts, experiment)
+        finally:
+            artifacts.close()
+    except MlflowException as err:
+        raise ReportError(f"MLflow: {str(err).strip().splitlines()[0]}") from None
+    return write_report(report, args.out or Path("reports") / experiment)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        written = run(args)
+    except ReportError as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    for path in written:
+        print(path)

@@ -1,0 +1,258 @@
+"""The four reports, each from a DataFrame of trials (one row per trial) to a `Report`.
+
+Data flows one way: runs.py reads MLflow, these functions only read the frame and the
+fetched images, page.py writes files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from typing import Callable
+
+import pandas as pd
+from PIL import Image
+
+from sweeplab.report.grid import FAILED, MISSING, GridLayout, draw_grid
+from sweeplab.report.page import Picture, Report, Table
+from sweeplab.report.runs import PARAM_KEYS, Artifacts, ReportError, format_value, varying_keys
+
+IMAGES = {"output": "output.png", "start": "start.png", "init": "init.png", "latent_strip": "latent_strip.png"}
+
+
+def label(row, keys) -> str:
+    return ", ".join(f"{key} {format_value(row[key])}" for key in keys) or "trial"
+
+
+def slug(row, keys) -> str:
+    """A file stem from param values: stable, short and safe, never a run id."""
+    text = "-".join(f"{key}{format_value(row[key])}" for key in keys) or "trial"
+    safe = re.sub(r"[^A-Za-z0-9.]+", "_", text).strip("_")
+    if len(safe) > 60:
+        safe = f"{safe[:50]}_{hashlib.sha256(text.encode()).hexdigest()[:8]}"
+    return safe
+
+
+def constants(frame: pd.DataFrame) -> str:
+    """The params every trial shares, for a caption."""
+    shared = [key for key in PARAM_KEYS if frame[key].nunique(dropna=True) == 1]
+    return "; ".join(f"{key}: {format_value(frame[key].dropna().iloc[0])}" for key in shared if key != "negative_prompt"
+                     or frame[key].dropna().iloc[0])
+
+
+def index_by(frame: pd.DataFrame, keys: list[str]) -> dict[tuple, pd.Series]:
+    """Trials by their values of `keys`; two trials in one place is an error naming what else varies."""
+    found: dict[tuple, pd.Series] = {}
+    for _, row in frame.iterrows():
+        where = tuple(format_value(row[key]) for key in keys)
+        if where in found:
+            others = [key for key in varying_keys(frame) if key not in keys]
+            raise ReportError(
+                f"several trials at {', '.join(f'{k}={v}' for k, v in zip(keys, where))}; they also differ in "
+                f"{', '.join(others) or 'their config hash'}: add such a key as an axis (--z) or select one sweep (--sweep)"
+            )
+        found[where] = row
+    return found
+
+
+def ordered_values(frame: pd.DataFrame, key: str) -> list:
+    return sorted(frame[key].dropna().unique().tolist(), key=lambda v: (isinstance(v, str), v))
+
+
+def fitted(image: Image.Image, width: int) -> Image.Image:
+    """A thumbnail `width` pixels wide (never enlarged)."""
+    if image.width <= width:
+        return image
+    return image.resize((width, max(1, round(image.height * width / image.width))), Image.Resampling.LANCZOS)
+
+
+def trial_table(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """The CSV of a report: what places each trial and what it measured; never run ids or seconds."""
+    return frame[[*keys, "status", "steps_taken", "unet_evals", "error", "config_hash"]].copy()
+
+
+def failure(row) -> str:
+    return f"failed: {row['error'] or row['status']}"
+
+
+def step_notes(frame: pd.DataFrame) -> list[str]:
+    """Where steps taken differ from int(steps x strength), and UNet evaluations from steps, measured."""
+    notes = []
+    done = frame[frame["status"] == "FINISHED"]
+    for sampler, trials in done.groupby("sampler", sort=True):
+        differing = trials[trials["unet_evals"] != trials["steps_taken"]]
+        if differing.empty:
+            count = f"{len(trials)} trial" + ("s" if len(trials) != 1 else "")
+            notes.append(f"{sampler}: one UNet evaluation per step taken, in {count}.")
+        else:
+            cases = "; ".join(f"{row.steps} steps at strength {row.strength:g}: {row.steps_taken} steps taken, "
+                              f"{row.unet_evals} UNet evaluations" for row in differing.itertuples())
+            notes.append(f"{sampler}: UNet evaluations differ from steps taken ({cases}){_pattern(differing)}.")
+    for row in done.itertuples():
+        expected = int(row.steps * row.strength)
+        if row.steps_taken != expected:
+            notes.append(f"{row.sampler}, {row.steps} steps at strength {row.strength:g}: {row.steps_taken} steps "
+                         f"taken, not int(steps x strength) = {expected}.")
+    return notes
+
+
+def _pattern(trials: pd.DataFrame) -> str:
+    """Name the shape of the measured counts when every trial follows one, and only one."""
+    second_order = (trials["unet_evals"] == 2 * trials["steps_taken"] - 1).all()
+    one_extra = (trials["unet_evals"] == trials["steps_taken"] + 1).all()
+    if second_order and not one_extra:
+        return ": two evaluations per step but the last, as a second-order sampler makes"
+    if one_extra and not second_order:
+        return ": one evaluation more than steps, as PLMS spends on its first step"
+    return ""
+
+
+class Builder:
+    """Shared by the reports: images fetched once, placed once, failed trials shown as such."""
+
+    def __init__(self, frame: pd.DataFrame, artifacts: Artifacts, report: Report, names: tuple[str, ...]):
+        self.artifacts = artifacts
+        self.report = report
+        artifacts.fetch(frame, tuple(IMAGES[name] for name in names))
+
+    def picture(self, row, image: str, keys, width: int | None = None, display: int | None = None) -> Picture:
+        full = self.artifacts.image(row["run_id"], IMAGES[image])
+        shown = fitted(full, width) if width else full
+        stem = f"{slug(row, keys)}-{image}" + (f"-{width}px" if width else "")
+        return self.report.add_image(stem, shown, f"{image}: {label(row, keys)}", display)
+
+    def image_cell(self, row, image: str, keys, display: int | None = None) -> list:
+        if row is None:
+            return [MISSING]
+        if row["status"] != "FINISHED":
+            return [failure(row)]
+        return [self.picture(row, image, keys, display=display)]
+
+
+def steps_vs_strength(frame: pd.DataFrame, artifacts: Artifacts, thumb: int = 128) -> Report:
+    """Rows strengths, columns requested steps; one table per combination of the other swept keys."""
+    report = Report("steps-vs-strength", "Steps actually taken vs strength")
+    report.text(constants(frame))
+    keys = add_steps_vs_strength(report, frame, artifacts, thumb)
+    report.heading("About the step counts")
+    for note in step_notes(frame):
+        report.text(note)
+    report.data = trial_table(frame, keys)
+    return report
+
+
+def add_steps_vs_strength(report: Report, frame: pd.DataFrame, artifacts: Artifacts, thumb: int) -> list[str]:
+    """The tables; returns the keys that place a trial."""
+    report.text("Each cell: denoising steps actually taken, UNet evaluations and the output.")
+    build = Builder(frame, artifacts, report, ("output",))
+    others = [key for key in varying_keys(frame) if key not in ("strength", "steps")]
+    keys = [*others, "strength", "steps"]
+    groups = frame.groupby(others, sort=True, dropna=False) if others else [((), frame)]
+    for values, group in groups:
+        if others:
+            report.heading(", ".join(f"{k} {format_value(v)}" for k, v in zip(others, values)))
+        cells = index_by(group, ["strength", "steps"])
+        steps = ordered_values(group, "steps")
+        rows = []
+        for strength in ordered_values(group, "strength"):
+            row_cells: list[list] = [[f"strength {strength:g}"]]
+            for count in steps:
+                row = cells.get((format_value(strength), format_value(count)))
+                if row is not None and row["status"] == "FINISHED":
+                    row_cells.append([f"{row['steps_taken']} steps taken", f"{row['unet_evals']} UNet evaluations",
+                                      build.picture(row, "output", keys, thumb)])
+                else:
+                    row_cells.append(build.image_cell(row, "output", keys))
+            rows.append(row_cells)
+        report.table(Table(["strength \\ steps", *(f"{count} steps" for count in steps)], rows))
+    return keys
+
+
+def grid(frame: pd.DataFrame, artifacts: Artifacts, x: str, y: str, z: str | None = None, image: str = "output",
+         cell: int = 128, margin: int = 16, gap: int = 4, font_size: int = 14) -> Report:
+    """Labelled image grids over X and Y, one per value of Z; failed trials are crossed-out cells."""
+    axes = [key for key in (x, y, z) if key]
+    report = Report("grid", f"Grid: {x} x {y}" + (f" per {z}" if z else ""))
+    add_grids(report, frame, artifacts, axes, image, cell, margin, gap, font_size)
+    report.data = trial_table(frame, axes)
+    return report
+
+
+def add_grids(report: Report, frame: pd.DataFrame, artifacts: Artifacts, axes: list[str], image: str = "output",
+              cell: int = 128, margin: int = 16, gap: int = 4, font_size: int = 14) -> list[GridLayout]:
+    """One grid picture per Z value (axes: X, Y and optionally Z); returns their layouts."""
+    for key in axes:
+        if key not in PARAM_KEYS:
+            raise ReportError(f"unknown axis key '{key}'; allowed: {', '.join(PARAM_KEYS)}")
+    if len(set(axes)) != len(axes):
+        raise ReportError(f"axes must differ; got {', '.join(axes)}")
+    if image not in IMAGES:
+        raise ReportError(f"unknown image '{image}'; allowed: {', '.join(IMAGES)}")
+    x, y, z = (*axes, None)[:3]
+    cells = index_by(frame, axes)
+    artifacts.fetch(frame, (IMAGES[image],))
+    xs, ys = ordered_values(frame, x), ordered_values(frame, y)
+    sample = next((artifacts.image(r, IMAGES[image]) for r in frame.loc[frame["status"] == "FINISHED", "run_id"]), None)
+    cell_height = round(cell * sample.height / sample.width) if sample else cell
+    shared = constants(frame)
+    layouts = []
+    for number, z_value in enumerate(ordered_values(frame, z) if z else [None], start=1):
+        legend = f"x: {x}, y: {y}" + (f", {z}: {format_value(z_value)}" if z else "") + (f". {shared}" if shared else "")
+        grid_cells = []
+        for y_value in ys:
+            row_cells = []
+            for x_value in xs:
+                where = tuple(format_value(v) for v in (x_value, y_value, z_value)[:len(axes)])
+                row = cells.get(where)
+                if row is None:
+                    row_cells.append(MISSING)
+                elif row["status"] != "FINISHED":
+                    row_cells.append(FAILED)
+                else:
+                    row_cells.append(artifacts.image(row["run_id"], IMAGES[image]))
+            grid_cells.append(row_cells)
+        picture, layout = draw_grid(legend, [f"{x}: {format_value(v)}" for v in xs], [f"{y}: {format_value(v)}" for v in ys],
+                               grid_cells, cell, cell_height, margin, gap, font_size)
+        stem = f"grid-{x}-{y}" + (f"-{z}{number}" if z else "")
+        if z:
+            report.heading(f"{z}: {format_value(z_value)}")
+        report.picture(report.add_image(stem, picture, legend))
+        layouts.append(layout)
+    return layouts
+
+
+@dataclass(frozen=True)
+class ExtraRow:
+    """A row of the doc-style table beyond the doc's own five."""
+
+    title: str
+    value: Callable[[pd.Series], str]  # the cell's text for a trial's row
+
+
+def strip_table(build: Builder, trials: list, keys: list[str], extra: tuple[ExtraRow, ...] = ()) -> Table:
+    """The doc's table: a column per trial; initial image, steps argument and taken, latents, output."""
+    def texts(func):
+        return [[func(row)] if row["status"] == "FINISHED" else [failure(row)] for row in trials]
+
+    rows = [
+        ["initial image SD sees", *(build.image_cell(row, "start", keys, display=192) for row in trials)],
+        ["steps argument", *([format_value(row["steps"])] for row in trials)],
+        ["steps actually taken", *texts(lambda row: f"{row['steps_taken']}")],
+        *([item.title, *texts(item.value)] for item in extra),
+        ["UNet evaluations", *texts(lambda row: f"{row['unet_evals']}")],
+        ["latent at each step", *(build.image_cell(row, "latent_strip", keys) for row in trials)],
+        ["output", *(build.image_cell(row, "output", keys) for row in trials)],
+    ]
+    return Table(["", *(label(row, keys) for row in trials)], [[[r[0]], *r[1:]] for r in rows])
+
+
+def strips(frame: pd.DataFrame, artifacts: Artifacts) -> Report:
+    """Every trial's start image, latent strip and output, laid out as in the InvokeAI doc's table."""
+    report = Report("strips", "Latent strips")
+    report.text(constants(frame))
+    build = Builder(frame, artifacts, report, ("start", "latent_strip", "output"))
+    keys = varying_keys(frame)
+    report.table(strip_table(build, [row for _, row in frame.iterrows()], keys))
+    report.data = trial_table(frame, keys)
+    return report
