@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # The CPU wheel; a torch already in the venv (e.g. a CUDA build) is kept as it is.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install demo test figures clean-demo
+.PHONY: install demo test figures
 
 install: $(VENV)/.installed
 
