@@ -236,3 +236,29 @@ def test_experiment_files_expand_to_the_doc_trials():
     for steps, strength in ((10, 0.4), (10, 0.7), (50, 0.4), (30, 0.7), (29, 0.7)):
         assert (f"steps={steps}", f"strength={strength}") in cells
     assert len(cells) == 8
+
+
+def test_chains_report_follows_each_output_into_the_next_link(tmp_path):
+    sweeplab = str(Path(sys.executable).with_name("sweeplab"))
+    done = subprocess.run([sweeplab, "-m", "iterations=3", "seed=1,2", "steps=4", "strength=0.5", "width=64",
+                           "height=64", "tracking.log_step_images=false", "tracking.experiment=chain"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    made = report_cli("chains", "--experiment", "chain", "--out", "out", cwd=tmp_path)
+    assert made.returncode == 0, made.stderr
+    markdown = (tmp_path / "out" / "chains.md").read_text()
+    assert "| chain | init image | iteration 0 | iteration 1 | iteration 2 |" in markdown
+    assert markdown.count("seed 1") >= 1 and markdown.count("seed 2") >= 1
+    frame = one_per_trial(load_runs(client(tmp_path), "chain"))
+    first = frame[(frame["seed"] == 1) & (frame["iteration"] == 0)].iloc[0]
+    second = frame[frame["sweeplab.previous_run_id"] == first["run_id"]].iloc[0]
+    shown = sorted((tmp_path / "out" / "chains").glob("seed1_iteration1-output*.png"))
+    assert len(shown) == 1
+    artifacts = Artifacts(client(tmp_path))
+    try:
+        assert np.array_equal(np.asarray(Image.open(shown[0]).convert("RGB")),
+                              np.asarray(artifacts.image(second["run_id"], "output.png")))
+    finally:
+        artifacts.close()
+    missing = report_cli("chains", "--experiment", "small-none", "--out", "x", cwd=tmp_path)
+    assert missing.returncode == 2 and missing.stderr.startswith("sweeplab-report: error:")

@@ -3,6 +3,7 @@
     sweeplab-report steps-vs-strength --experiment demo
     sweeplab-report grid --experiment tree_on_a_hill --x prompt --y seed
     sweeplab-report strips --latest-sweep --experiment demo
+    sweeplab-report chains --experiment sweeplab
     sweeplab-report doc-figures --experiment invokeai_img2img --run-missing
 """
 
@@ -54,6 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
                                  description="Each trial's start image (the initial image SD sees), steps, latent "
                                  "strip and output, laid out as in the InvokeAI img2img doc's table.")
     _selection(strips)
+    chain = commands.add_parser("chains", help="iterations=N chains: each output fed back as the next init image",
+                                description="One row per iterations chain: the first init image, then each link's "
+                                "output, following the runs' sweeplab.previous_run_id tags.")
+    _selection(chain)
     doc = commands.add_parser("doc-figures", help="the InvokeAI img2img doc's figure set for an experiment",
                               description="The InvokeAI img2img doc's figures: 10 steps at 0.7 vs 0.4, the "
                               "compensated 50@0.4, 30@0.7 and 29@0.7, and why the step counts differ from the doc.")
@@ -72,6 +77,8 @@ def build_report(args, frame, artifacts, experiment: str):
                             args.font_size)
     if args.command == "strips":
         return reports.strips(frame, artifacts)
+    if args.command == "chains":
+        return reports.chains(frame, artifacts, args.thumb)
     return docfigures.doc_figures(frame, artifacts, experiment, args.thumb)
 
 

@@ -16,7 +16,14 @@ from PIL import Image
 
 from sweeplab.report.grid import FAILED, MISSING, GridLayout, draw_grid
 from sweeplab.report.page import Picture, Report, Table
-from sweeplab.report.runs import PARAM_KEYS, Artifacts, ReportError, format_value, varying_keys
+from sweeplab.report.runs import (
+    OPTION_DEFAULTS,
+    PARAM_KEYS,
+    Artifacts,
+    ReportError,
+    format_value,
+    varying_keys,
+)
 
 IMAGES = {"output": "output.png", "start": "start.png", "init": "init.png", "latent_strip": "latent_strip.png"}
 
@@ -35,10 +42,12 @@ def slug(row, keys) -> str:
 
 
 def constants(frame: pd.DataFrame) -> str:
-    """The params every trial shares, for a caption."""
+    """The params every trial shares, for a caption; unused options and an empty negative prompt are left out."""
     shared = [key for key in PARAM_KEYS if frame[key].nunique(dropna=True) == 1]
-    return "; ".join(f"{key}: {format_value(frame[key].dropna().iloc[0])}" for key in shared if key != "negative_prompt"
-                     or frame[key].dropna().iloc[0])
+    values = {key: frame[key].dropna().iloc[0] for key in shared}
+    unused = {"negative_prompt": "", **OPTION_DEFAULTS}
+    return "; ".join(f"{key}: {format_value(value)}" for key, value in values.items()
+                     if key not in unused or format_value(value) != format_value(unused[key]))
 
 
 def index_by(frame: pd.DataFrame, keys: list[str]) -> dict[tuple, pd.Series]:
@@ -255,4 +264,34 @@ def strips(frame: pd.DataFrame, artifacts: Artifacts) -> Report:
     keys = varying_keys(frame)
     report.table(strip_table(build, [row for _, row in frame.iterrows()], keys))
     report.data = trial_table(frame, keys)
+    return report
+
+
+PREVIOUS_TAG = "sweeplab.previous_run_id"
+
+
+def chains(frame: pd.DataFrame, artifacts: Artifacts, thumb: int = 128) -> Report:
+    """iterations=n chains, one row each: the first init image, then every link's output in order."""
+    report = Report("chains", "Iteration chains")
+    if PREVIOUS_TAG not in frame or frame[PREVIOUS_TAG].isna().all():
+        raise ReportError("no iteration chains among the selected runs; run with iterations=N (N > 1) first")
+    report.text(constants(frame))
+    report.text("Each output is the next link's init image (InvokeAI's -n).")
+    build = Builder(frame, artifacts, report, ("init", "output"))
+    by_previous = {row[PREVIOUS_TAG]: row for _, row in frame.iterrows() if isinstance(row[PREVIOUS_TAG], str)}
+    keys = [key for key in varying_keys(frame) if key != "iteration"]
+    rows, longest = [], 0
+    for _, first in frame[frame["iteration"] == 0].iterrows():
+        links = [first]
+        while links[-1]["run_id"] in by_previous:
+            links.append(by_previous[links[-1]["run_id"]])
+        if len(links) < 2:
+            continue
+        longest = max(longest, len(links))
+        cells = [[label(first, keys)], build.image_cell(first, "init", [*keys, "iteration"], display=thumb)]
+        cells += [build.image_cell(link, "output", [*keys, "iteration"], display=thumb) for link in links]
+        rows.append(cells)
+    header = ["chain", "init image", *(f"iteration {index}" for index in range(longest))]
+    report.table(Table(header, [row + [[""]] * (len(header) - len(row)) for row in rows]))
+    report.data = trial_table(frame, [*keys, "iteration"])
     return report

@@ -17,10 +17,14 @@ from tqdm import tqdm
 
 from sweeplab.tracking import CONFIG_HASH_TAG, ERROR_TAG, resolve_tracking_uri
 
+# The InvokeAI options, with the values they have when unused (captions leave those out).
+OPTION_DEFAULTS = {"fit": "False", "iteration": 0, "variation_amount": 0.0, "variation_seed": None,
+                   "with_variations": "", "steps_taken_target": None}
 PARAM_KEYS = ("model", "sampler", "prompt", "negative_prompt", "init_image", "strength", "steps", "seed",
-              "cfg_scale", "width", "height")
+              "cfg_scale", "width", "height", *OPTION_DEFAULTS)
 NUMERIC_PARAMS = {"strength": "float64", "steps": "Int64", "seed": "Int64", "cfg_scale": "float64",
-                  "width": "Int64", "height": "Int64"}
+                  "width": "Int64", "height": "Int64", "iteration": "Int64", "variation_amount": "float64",
+                  "variation_seed": "Int64", "steps_taken_target": "Int64"}
 METRIC_KEYS = ("steps_taken", "unet_evals", "seconds")
 SWEEP_TAG = "sweeplab.sweep"
 OVERRIDES_TAG = "sweeplab.overrides"
