@@ -17,7 +17,7 @@ from PIL import Image
 from sweeplab.report.grid import FAILED_FILL, FAILED_INK
 from sweeplab.report.page import Report
 from sweeplab.report.reports import add_grids
-from sweeplab.report.runs import Artifacts, load_runs, one_per_trial
+from sweeplab.report.runs import PARAM_KEYS, Artifacts, load_runs, one_per_trial
 
 # 3 seeds x 2 strengths, strength 1.5 invalid: a 2x3 grid with a failed row, in a few seconds
 GRID_SWEEP = ["-m", "steps=2", "width=64", "height=64", "prompt=fire", "strength=0.5,1.5", "seed=1,2,3",
@@ -196,8 +196,7 @@ def test_one_per_trial_prefers_a_finished_rerun():
     frame = pd.DataFrame({
         "run_id": ["a", "b", "c"], "status": ["FINISHED", "FAILED", "FINISHED"], "start_time": [1, 3, 2],
         "config_hash": ["h1", "h1", "h2"], "overrides": ["", "", ""],
-        **{key: [None] * 3 for key in ("model", "sampler", "prompt", "negative_prompt", "init_image", "cfg_scale",
-                                       "width", "height", "seed")},
+        **{key: [None] * 3 for key in PARAM_KEYS if key not in ("strength", "steps")},
         "strength": [0.4, 0.4, 0.7], "steps": [10, 10, 10],
     })
     assert one_per_trial(frame)["run_id"].tolist() == ["a", "c"]
