@@ -89,7 +89,7 @@ class MlflowTracker:
 
     def start_run(self, run_name: str, params: dict[str, str], tags: dict[str, str], parent_run_id: str | None) -> str:
         """Create a RUNNING run with its params up front, so a failure still shows what was tried."""
-        from mlflow.entities import Param, RunTag
+        from mlflow.entities import Param
 
         params, tags = redact(params), redact(tags)
         if parent_run_id:
@@ -98,7 +98,6 @@ class MlflowTracker:
             run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
             self.open_runs.add(run.info.run_id)
         self.client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
-        self.client.log_batch(run.info.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
         return run.info.run_id
 
     def finished_run(self, config_hash: str):
