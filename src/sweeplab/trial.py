@@ -188,13 +188,15 @@ def _resolve_prompt(conf: SweeplabConfig) -> tuple[str, tuple[str, str] | None]:
 def _parse_variations(pairs: list[str]) -> tuple[tuple[int, float], ...]:
     parsed = []
     for pair in pairs:
+        error = ConfigError(f"with_variations: '{pair}' is not seed:weight with a weight in 0..1, e.g. 1234:0.1")
         seed, sep, weight = str(pair).partition(":")
         try:
-            parsed.append((int(seed), float(weight)))
+            seed_value, weight_value = int(seed), float(weight)
         except ValueError:
-            sep = ""
-        if not sep or not 0 <= parsed[-1][1] <= 1 or not 0 <= parsed[-1][0] <= MAX_SEED:
-            raise ConfigError(f"with_variations: '{pair}' is not seed:weight with a weight in 0..1, e.g. 1234:0.1")
+            raise error from None
+        if not sep or not 0 <= weight_value <= 1 or not 0 <= seed_value <= MAX_SEED:
+            raise error
+        parsed.append((seed_value, weight_value))
     return tuple(parsed)
 
 
