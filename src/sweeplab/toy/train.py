@@ -3,9 +3,11 @@
     python -m sweeplab.toy.train --workdir /tmp/toy-train            # full run, resumable
     python -m sweeplab.toy.train --workdir /tmp/toy-train --resume   # continue from the checkpoint
 
-Stage 1 trains the 8x VAE on finished scenes and sketches; stage 2 trains the UNet and the
-text encoder on pre-encoded latents of finished scenes, dropping captions now and then so
-that classifier-free guidance works. Everything is seeded: the same seed gives the same
+Stage 1 trains the 8x VAE on finished scenes and sketches at several scales; stage 2 trains
+the UNet and the text encoder on pre-encoded latents of finished scenes, dropping captions
+now and then so that classifier-free guidance works. The UNet sees each scene at several
+sizes (128 to 384 px, a constant number of latent pixels per batch, like SDXL's buckets), so
+a scene is drawn at the scale it is asked for instead of being tiled at a larger size. Everything is seeded: the same seed gives the same
 dataset and the same sequence of batches. The result is written in diffusers format with a
 fitted latent->RGB map (by default into the folder the project ships).
 """
@@ -25,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from sweeplab.render import LATENT_RGB_FILE
@@ -37,16 +40,19 @@ SHIPPED_DIR = Path(__file__).resolve().parent / "weights"
 @dataclass
 class TrainConfig:
     seed: int = 0
-    scenes: int = 3000  # finished scenes (and their sketches) rendered once into the dataset
-    image_size: int = 256  # UNet training resolution: 32x32 latents
-    vae_crop: int = 128
-    vae_steps: int = 2500
+    scenes: int = 2400  # finished scenes (and their sketches) rendered once into the dataset
+    image_size: int = 384  # rendering size; smaller training sizes are downsampled from it
+    vae_crop: int = 64
+    vae_steps: int = 2000
     vae_batch: int = 16
     vae_lr: float = 1e-3
-    unet_steps: int = 6000
-    unet_batch: int = 32
+    unet_sizes: str = "128,256,384"  # image sizes the UNet trains at, one per batch
+    unet_latent_pixels: int = 18432  # latent pixels per batch: 72 scenes at 128 px, 8 at 384 px
+    unet_steps: int = 4000
     unet_lr: float = 5e-4
-    text_lr: float = 1e-4
+    text_lr: float = 3e-4
+    ema_decay: float = 0.999
+    noise_offset: float = 0.05  # lets the model change an image's mean colour (dark or bright backgrounds)
     caption_dropout: float = 0.15
     checkpoint_every: int = 250
     device: str = "cuda" if torch.cuda.is_available() else "cpu"
@@ -72,6 +78,16 @@ def build_dataset(config: TrainConfig, folder: Path) -> dict:
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
+def resize(images: torch.Tensor, size: int) -> torch.Tensor:
+    if images.shape[-1] == size:
+        return images
+    return F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+
+
+def unet_sizes(config: TrainConfig) -> list[int]:
+    return [int(size) for size in config.unet_sizes.split(",")]
 
 
 class Checkpoint:
@@ -118,8 +134,10 @@ def train_vae(pipe, data: dict, config: TrainConfig, checkpoint: Checkpoint, sta
     progress = tqdm(range(start, config.vae_steps), desc="VAE", initial=start, total=config.vae_steps)
     for step in progress:
         picks = generator.integers(0, len(images), config.vae_batch)
-        x, y = generator.integers(0, config.image_size - config.vae_crop + 1, 2)
-        batch = to_tensor(images[picks, y : y + config.vae_crop, x : x + config.vae_crop]).to(config.device)
+        # A crop of the scene downsampled by a random factor up to 3, like the UNet's smaller sizes.
+        region = min(config.image_size, int(config.vae_crop * generator.uniform(1.0, 3.0)))
+        x, y = generator.integers(0, config.image_size - region + 1, 2)
+        batch = resize(to_tensor(images[picks, y : y + region, x : x + region]), config.vae_crop).to(config.device)
         lr = config.vae_lr * min(1.0, (step + 1) / 200) * (0.1 + 0.9 * (1 - step / config.vae_steps))
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -138,28 +156,41 @@ def train_vae(pipe, data: dict, config: TrainConfig, checkpoint: Checkpoint, sta
 
 
 @torch.no_grad()
-def encode_latents(vae, photos: np.ndarray, batch: int = 32) -> tuple[torch.Tensor, float]:
-    """All training latents once (UNet training never runs the VAE), and the scaling factor."""
-    latents = torch.cat([vae.encode(to_tensor(photos[i : i + batch]).to(vae.device)).latent_dist.mode()
-                         for i in tqdm(range(0, len(photos), batch), desc="encoding latents")])
-    scaling = float(f"{1.0 / latents.std().item():.4g}")
-    return latents * scaling, scaling
+def encode_latents(vae, photos: np.ndarray, sizes: list[int], batch: int = 16) -> tuple[dict, float]:
+    """All training latents once, at every training size (UNet training never runs the VAE),
+    and the scaling factor that gives them unit standard deviation."""
+    latents = {}
+    for size in sizes:
+        latents[size] = torch.cat([
+            vae.encode(resize(to_tensor(photos[i : i + batch]), size).to(vae.device)).latent_dist.mode()
+            for i in tqdm(range(0, len(photos), batch), desc=f"encoding latents at {size} px")
+        ])
+    scaling = float(f"{1.0 / latents[max(sizes)].std().item():.4g}")
+    return {size: value * scaling for size, value in latents.items()}, scaling
 
 
-def train_unet(pipe, latents: torch.Tensor, captions: list[str], config: TrainConfig,
+def train_unet(pipe, latents: dict, captions: list[str], config: TrainConfig,
                checkpoint: Checkpoint, state: dict | None) -> None:
+    """Denoising training; the weights written at the end are the exponential moving average."""
     unet, text_encoder, tokenizer = pipe.unet.train(), pipe.text_encoder.train(), pipe.tokenizer
     noise_schedule = DDPMScheduler.from_config(SD15_SCHEDULER_CONFIG)
     optimizer = torch.optim.AdamW([
         {"params": unet.parameters(), "lr": config.unet_lr},
         {"params": text_encoder.parameters(), "lr": config.text_lr},
     ], weight_decay=1e-2)
+    averaging = get_ema_multi_avg_fn(config.ema_decay)
+    ema = {"unet": AveragedModel(unet, multi_avg_fn=averaging),
+           "text_encoder": AveragedModel(text_encoder, multi_avg_fn=averaging)}
     start = 0
     if state and state["stage"] == "unet":
         unet.load_state_dict(state["modules"]["unet"])
         text_encoder.load_state_dict(state["modules"]["text_encoder"])
+        for name, average in ema.items():
+            average.load_state_dict(state["modules"][f"ema_{name}"])
         optimizer.load_state_dict(state["optimizer"])
         start = state["step"]
+    modules = {"unet": unet, "text_encoder": text_encoder, **{f"ema_{k}": v for k, v in ema.items()}}
+    sizes = sorted(latents)
     tokens = tokenizer(captions + [""], padding="max_length", truncation=True, return_tensors="pt").input_ids
     tokens = tokens.to(config.device)
     empty = len(captions)
@@ -167,11 +198,16 @@ def train_unet(pipe, latents: torch.Tensor, captions: list[str], config: TrainCo
     torch_generator = torch.Generator().manual_seed(config.seed + 3 + start)
     progress = tqdm(range(start, config.unet_steps), desc="UNet", initial=start, total=config.unet_steps)
     for step in progress:
-        picks = generator.integers(0, len(latents), config.unet_batch)
-        dropped = generator.random(config.unet_batch) < config.caption_dropout
+        bucket = latents[sizes[generator.integers(len(sizes))]]
+        batch = max(1, config.unet_latent_pixels // (bucket.shape[-1] * bucket.shape[-2]))
+        picks = generator.integers(0, len(bucket), batch)
+        dropped = generator.random(batch) < config.caption_dropout
         ids = tokens[torch.from_numpy(np.where(dropped, empty, picks)).to(config.device)]
-        clean = latents[torch.from_numpy(picks).to(config.device)]
-        noise = torch.randn(clean.shape, generator=torch_generator).to(config.device)  # CPU draws: same on any device
+        clean = bucket[torch.from_numpy(picks)].to(config.device)
+        # CPU draws, so a run is the same on any device.
+        noise = torch.randn(clean.shape, generator=torch_generator)
+        noise += config.noise_offset * torch.randn(clean.shape[:2] + (1, 1), generator=torch_generator)
+        noise = noise.to(config.device)
         timesteps = torch.randint(
             0, noise_schedule.config.num_train_timesteps, (len(picks),), generator=torch_generator
         ).to(config.device)
@@ -186,10 +222,14 @@ def train_unet(pipe, latents: torch.Tensor, captions: list[str], config: TrainCo
         loss.backward()
         torch.nn.utils.clip_grad_norm_([*unet.parameters(), *text_encoder.parameters()], 1.0)
         optimizer.step()
-        progress.set_postfix(loss=f"{loss.item():.4f}")
+        for name, average in ema.items():
+            average.update_parameters(modules[name])
+        progress.set_postfix(loss=f"{loss.item():.4f}", size=bucket.shape[-1] * 8)
         if (step + 1) % config.checkpoint_every == 0:
-            checkpoint.save("unet", step + 1, {"unet": unet, "text_encoder": text_encoder}, optimizer)
-    checkpoint.save("unet", config.unet_steps, {"unet": unet, "text_encoder": text_encoder}, optimizer)
+            checkpoint.save("unet", step + 1, modules, optimizer)
+    checkpoint.save("unet", config.unet_steps, modules, optimizer)
+    for name, average in ema.items():
+        modules[name].load_state_dict(average.module.state_dict())
     unet.eval()
     text_encoder.eval()
 
@@ -208,7 +248,7 @@ def train(config: TrainConfig, workdir: Path, out: Path, resume: bool) -> dict:
         torch.save(pipe.vae.state_dict(), workdir / "vae.pt")
     else:
         pipe.vae.load_state_dict(torch.load(workdir / "vae.pt", map_location=config.device))
-    latents, scaling = encode_latents(pipe.vae, data["photos"])
+    latents, scaling = encode_latents(pipe.vae, data["photos"], unet_sizes(config))
     pipe.vae.register_to_config(scaling_factor=scaling)
     train_unet(pipe, latents, data["captions"], config, checkpoint, state)
     pipe.to("cpu")
