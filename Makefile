@@ -1,12 +1,13 @@
 # Two commands: `make demo` (set up and run a demo sweep) and `make test`;
-# `make figures` regenerates reports/invokeai_img2img/ (the InvokeAI img2img doc's figures).
+# `make figures` regenerates reports/invokeai_img2img/ (the InvokeAI img2img doc's figures);
+# `make toy-train` retrains the shipped toy model (about an hour on 2 CPU cores), `make toy-eval` measures it.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # The CPU wheel; a torch already in the venv (e.g. a CUDA build) is kept as it is.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install demo test figures
+.PHONY: install demo test figures toy-train toy-eval
 
 install: $(VENV)/.installed
 
@@ -25,6 +26,12 @@ demo: install
 
 figures: install
 	$(VENV)/bin/sweeplab-report doc-figures --experiment invokeai_img2img --run-missing
+
+toy-train: install
+	$(PY) -m sweeplab.toy.train --workdir .toy-train --resume
+
+toy-eval: install
+	$(PY) -m sweeplab.toy.evaluate --json reports/toy-model/evaluation.json --sheet reports/toy-model/samples.png
 
 test: install
 	$(PY) -m pytest -q -p no:cacheprovider

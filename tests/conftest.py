@@ -18,12 +18,9 @@ SWEEPLAB = Path(sys.executable).parent / "sweeplab"
 
 
 @pytest.fixture(scope="session", autouse=True)
-def toy_cache(tmp_path_factory) -> Path:
-    """One toy-model cache for the session, shared with the subprocesses tests start."""
-    cache = tmp_path_factory.mktemp("toy-cache")
-    os.environ["SWEEPLAB_CACHE"] = str(cache)
+def no_tracking_uri_from_outside():
+    """Tests choose their MLflow store themselves, also in the subprocesses they start."""
     os.environ.pop("MLFLOW_TRACKING_URI", None)
-    return cache
 
 
 @pytest.fixture

@@ -10,7 +10,8 @@ import torch
 from sweeplab.toy.scenes import COLOURS, caption, random_scene, render
 from sweeplab.toy.train import Checkpoint, TrainConfig, train
 
-TINY = dict(scenes=6, image_size=64, vae_crop=32, vae_batch=2, unet_sizes="32,64", unet_latent_pixels=32,
+TINY = dict(scenes=6, image_size=64, vae_crop=32, vae_batch=2, vae_whole_steps=1, vae_whole_pixels=4096,
+            unet_sizes="32,64", unet_latent_pixels=32,
             checkpoint_every=1, device="cpu")
 
 

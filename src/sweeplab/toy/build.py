@@ -1,31 +1,33 @@
-"""Build, cache and describe the embedded ``toy`` model.
+"""Build and locate the embedded ``toy`` model.
 
 The toy model has Stable Diffusion 1.x's architecture (VAE with 8x downsampling,
-cross-attention UNet, CLIP text encoder, SD 1.5 scheduler) but tiny random
-weights, so sweeps, tests and demos run end to end on a laptop CPU without any
-download. It is saved in diffusers format and loaded with the ordinary
-``from_pretrained`` path, exactly like a real checkpoint.
+cross-attention UNet, CLIP text encoder, SD 1.5 scheduler) at a tiny size, so sweeps,
+tests and demos run end to end on a laptop CPU without any download. `build_toy_pipeline`
+makes it with random weights (the starting point of `sweeplab.toy.train`); the trained
+weights ship in the package (`SHIPPED_DIR`) and load with the ordinary ``from_pretrained``
+path, exactly like a real checkpoint.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from sweeplab.render import LATENT_RGB_FILE
-from sweeplab.toy.tokenizer import MODEL_MAX_LENGTH, build_tokenizer, write_vocab
+from sweeplab.toy.scenes import random_scene, render
+from sweeplab.toy.tokenizer import MODEL_MAX_LENGTH, build_tokenizer
 
-TOY_VERSION = "random-v1"
-"""Names the cache folder; bump it whenever the architecture or weights change."""
+TOY_VERSION = "trained-v1"
+"""Part of every toy trial's identity; bump it whenever the shipped weights change."""
+SHIPPED_DIR = Path(__file__).resolve().parent / "weights"
 
 # Stable Diffusion 1.5's scheduler_config.json. PNDM has no clip_sample parameter, but from_config
 # keeps the key so that swapping in e.g. DDIM via ``from_config(pipe.scheduler.config)`` behaves like SD 1.5.
@@ -41,14 +43,8 @@ SD15_SCHEDULER_CONFIG = {
 }
 
 _FIT_SEED = 1234
-_FIT_IMAGES = 16
+_FIT_SCENES = 24
 _FIT_SIZE = 128
-
-
-def default_cache_root() -> Path:
-    """``$SWEEPLAB_CACHE`` if set (e.g. a shared cluster scratch dir), else ``~/.cache/sweeplab``."""
-    env = os.environ.get("SWEEPLAB_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "sweeplab"
 
 
 def _build_vae() -> AutoencoderKL:
@@ -107,18 +103,12 @@ def _build_text_encoder(vocab_size: int, bos_token_id: int, eos_token_id: int) -
 
 
 def fit_images() -> torch.Tensor:
-    """A fixed set of images in [-1, 1]: solid colours, colour blocks and smooth colour fields.
-
-    Drawn from their own generator so they do not depend on the weight seed.
-    """
-    gen = torch.Generator().manual_seed(_FIT_SEED)
-    images = []
-    for i in range(_FIT_IMAGES):
-        grid = (1, 2, 4, 8)[i % 4]
-        mode = "nearest" if (i // 4) % 2 == 0 else "bilinear"
-        colours = torch.rand(1, 3, grid, grid, generator=gen) * 2 - 1
-        images.append(F.interpolate(colours, size=(_FIT_SIZE, _FIT_SIZE), mode=mode))
-    return torch.cat(images)
+    """A fixed set of images in [-1, 1]: scenes and their sketches from their own seed, the kind
+    of picture the latent->RGB map has to preview."""
+    rng = random.Random(_FIT_SEED)
+    scenes = [random_scene(rng) for _ in range(_FIT_SCENES)]
+    images = [render(scene, _FIT_SIZE, sketch=sketch) for scene in scenes for sketch in (False, True)]
+    return torch.from_numpy(np.stack([np.asarray(image) for image in images])).permute(0, 3, 1, 2).float() / 127.5 - 1
 
 
 def _unscaled_latents(vae: AutoencoderKL, images: torch.Tensor) -> torch.Tensor:
@@ -131,8 +121,7 @@ def build_toy_pipeline(seed: int = 0) -> StableDiffusionPipeline:
 
     A fixed seed plus a fixed construction order give the same weight bytes in
     every process on the same torch version. The caller's global RNG state is
-    restored afterwards, so whether the cache had to be built never changes what
-    a run draws later. The VAE's ``scaling_factor`` is set, like SD's 0.18215, so
+    restored afterwards, so building never changes what a run draws later. The VAE's ``scaling_factor`` is set, like SD's 0.18215, so
     the latents the UNet sees have roughly unit standard deviation; otherwise
     img2img's noise would swamp the image at any strength.
     """
@@ -165,16 +154,14 @@ class LatentRGB:
     residual_rms: float
 
 
-def fit_latent_rgb(vae: AutoencoderKL, images: torch.Tensor | None = None) -> LatentRGB:
-    """Least-squares fit of scaled VAE latents to images (default: `fit_images`) area-downsampled
-    to latent resolution.
+def fit_latent_rgb(vae: AutoencoderKL) -> LatentRGB:
+    """Least-squares fit of scaled VAE latents to `fit_images` area-downsampled to latent resolution.
 
     The toy VAE has no published preview factors (like InvokeAI's SD 1.x ones), so they are
-    fitted here; the latents are the ones the UNet sees (``mode() * scaling_factor``). For
-    random weights the fit is weak by nature: a random encoder's GroupNorms normalise each
-    image's colour statistics away, and ``residual_rms`` records how much is left unexplained.
+    fitted here; the latents are the ones the UNet sees (``mode() * scaling_factor``), and
+    ``residual_rms`` records how much colour the linear map leaves unexplained.
     """
-    images = fit_images() if images is None else images
+    images = fit_images()
     latents = _unscaled_latents(vae, images) * vae.config.scaling_factor
     factor = images.shape[-1] // latents.shape[-1]
     targets = F.avg_pool2d(images, factor)
@@ -186,45 +173,19 @@ def fit_latent_rgb(vae: AutoencoderKL, images: torch.Tensor | None = None) -> La
     return LatentRGB(solution[:-1].float(), solution[-1].float(), residual)
 
 
-def save_toy_model(folder: Path, seed: int = 0) -> None:
-    """Write the toy pipeline (safetensors), its latent->RGB map and plain vocab files to ``folder``."""
-    pipe = build_toy_pipeline(seed)
-    pipe.save_pretrained(folder, safe_serialization=True)
-    # transformers 5 saves only tokenizer.json; vocab.json/merges.txt let transformers 4 load it too.
-    write_vocab(Path(folder) / "tokenizer")
-    fit = fit_latent_rgb(pipe.vae)
+def write_latent_rgb(folder: Path, vae: AutoencoderKL) -> LatentRGB:
+    """Fit the latent->RGB preview map on `fit_images` and store it beside the model."""
+    fit = fit_latent_rgb(vae)
     # The diagnostic residual is rounded: its last float64 digits vary with reduction order across processes.
     fitted = {"factors": fit.factors.tolist(), "bias": fit.bias.tolist(), "residual_rms": round(fit.residual_rms, 6)}
     (Path(folder) / LATENT_RGB_FILE).write_text(json.dumps(fitted))
+    return fit
 
 
-def _is_complete(folder: Path) -> bool:
-    return (folder / "model_index.json").is_file()
-
-
-def toy_model_dir(cache_root: Path | str | None = None) -> Path:
-    """Return the saved toy model folder, building it on first use.
-
-    Safe for many processes at once (e.g. SLURM array tasks): each builds into a
-    private temporary folder in the cache root and renames it into place; a
-    process that loses the race discards its copy. Because the rename is atomic,
-    the target exists only when complete (it has ``model_index.json``).
-    """
-    root = Path(cache_root) if cache_root is not None else default_cache_root()
-    target = root / f"toy-{TOY_VERSION}"
-    if _is_complete(target):
-        return target
-    if target.exists():
-        raise RuntimeError(f"{target} exists but has no model_index.json; delete it to rebuild the toy model")
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=root))
-    try:
-        save_toy_model(tmp)
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            if not _is_complete(target):
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+def toy_model_dir() -> Path:
+    """The trained toy pipeline shipped inside the package (diffusers format, safetensors)."""
+    if not (SHIPPED_DIR / "model_index.json").is_file():
+        raise FileNotFoundError(
+            f"{SHIPPED_DIR} holds no toy model (no model_index.json); reinstall sweeplab or run "
+            "python -m sweeplab.toy.train to train one")
+    return SHIPPED_DIR

@@ -30,11 +30,9 @@ from diffusers import DDPMScheduler
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
-from sweeplab.render import LATENT_RGB_FILE
-from sweeplab.toy.build import SD15_SCHEDULER_CONFIG, build_toy_pipeline, fit_latent_rgb
+from sweeplab.toy.build import SD15_SCHEDULER_CONFIG, SHIPPED_DIR, build_toy_pipeline, write_latent_rgb
 from sweeplab.toy.scenes import caption, random_scene, render
-
-SHIPPED_DIR = Path(__file__).resolve().parent / "weights"
+from sweeplab.toy.tokenizer import write_vocab
 
 
 @dataclass
@@ -43,8 +41,10 @@ class TrainConfig:
     scenes: int = 2400  # finished scenes (and their sketches) rendered once into the dataset
     image_size: int = 384  # rendering size; smaller training sizes are downsampled from it
     vae_crop: int = 64
-    vae_steps: int = 2000
+    vae_steps: int = 2600
     vae_batch: int = 16
+    vae_whole_steps: int = 600  # the last steps see whole scenes at the UNet's sizes, not crops
+    vae_whole_pixels: int = 147456  # pixels per whole-scene batch: one 384 px scene, nine at 128 px
     vae_lr: float = 1e-3
     unet_sizes: str = "128,256,384"  # image sizes the UNet trains at, one per batch
     unet_latent_pixels: int = 18432  # latent pixels per batch: 72 scenes at 128 px, 8 at 384 px
@@ -121,6 +121,19 @@ def _pin_posterior(vae) -> None:
         vae.quant_conv.bias[latent:] = -20.0
 
 
+def vae_batch(images: np.ndarray, config: TrainConfig, generator, whole: bool) -> torch.Tensor:
+    """Crops of scenes downsampled by a random factor up to 3, like the UNet's smaller sizes; or whole
+    scenes at a UNet size, since GroupNorm and attention statistics span the whole image."""
+    if whole:
+        size = int(generator.choice(unet_sizes(config)))
+        picks = generator.integers(0, len(images), max(1, config.vae_whole_pixels // size**2))
+        return resize(to_tensor(images[picks]), size).to(config.device)
+    picks = generator.integers(0, len(images), config.vae_batch)
+    region = min(config.image_size, int(config.vae_crop * generator.uniform(1.0, 3.0)))
+    x, y = generator.integers(0, config.image_size - region + 1, 2)
+    return resize(to_tensor(images[picks, y : y + region, x : x + region]), config.vae_crop).to(config.device)
+
+
 def train_vae(pipe, data: dict, config: TrainConfig, checkpoint: Checkpoint, state: dict | None) -> None:
     vae = pipe.vae.train()
     images = np.concatenate([data["photos"], data["sketches"]])
@@ -133,11 +146,7 @@ def train_vae(pipe, data: dict, config: TrainConfig, checkpoint: Checkpoint, sta
     generator = np.random.default_rng(config.seed + 1 + start)
     progress = tqdm(range(start, config.vae_steps), desc="VAE", initial=start, total=config.vae_steps)
     for step in progress:
-        picks = generator.integers(0, len(images), config.vae_batch)
-        # A crop of the scene downsampled by a random factor up to 3, like the UNet's smaller sizes.
-        region = min(config.image_size, int(config.vae_crop * generator.uniform(1.0, 3.0)))
-        x, y = generator.integers(0, config.image_size - region + 1, 2)
-        batch = resize(to_tensor(images[picks, y : y + region, x : x + region]), config.vae_crop).to(config.device)
+        batch = vae_batch(images, config, generator, whole=step >= config.vae_steps - config.vae_whole_steps)
         lr = config.vae_lr * min(1.0, (step + 1) / 200) * (0.1 + 0.9 * (1 - step / config.vae_steps))
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -252,23 +261,23 @@ def train(config: TrainConfig, workdir: Path, out: Path, resume: bool) -> dict:
     pipe.vae.register_to_config(scaling_factor=scaling)
     train_unet(pipe, latents, data["captions"], config, checkpoint, state)
     pipe.to("cpu")
-    report = save_trained(pipe, out, to_tensor(data["photos"][:64]))
+    report = save_trained(pipe, out)
     report.update(config=asdict(config), seconds=round(time.perf_counter() - started),
                   machine=f"{platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} threads".strip())
     (out / "training.json").write_text(json.dumps(report, indent=2, sort_keys=True))
     return report
 
 
-def save_trained(pipe, out: Path, fit_images: torch.Tensor) -> dict:
-    """Write the pipeline (safetensors) and its latent->RGB map fitted on training scenes."""
+def save_trained(pipe, out: Path) -> dict:
+    """Write the pipeline (safetensors, plain vocab files) and its fitted latent->RGB map."""
     if out.exists():
         shutil.rmtree(out)
     pipe.save_pretrained(out, safe_serialization=True)
-    fit = fit_latent_rgb(pipe.vae, fit_images)
-    fitted = {"factors": fit.factors.tolist(), "bias": fit.bias.tolist(), "residual_rms": round(fit.residual_rms, 6)}
-    (out / LATENT_RGB_FILE).write_text(json.dumps(fitted))
+    # transformers 5 saves only tokenizer.json; vocab.json/merges.txt let transformers 4 load it too.
+    write_vocab(out / "tokenizer")
+    fit = write_latent_rgb(out, pipe.vae)
     weights = sum(p.stat().st_size for p in out.rglob("*.safetensors"))
-    return {"weights_bytes": weights, "latent_rgb_residual_rms": fitted["residual_rms"]}
+    return {"weights_bytes": weights, "latent_rgb_residual_rms": round(fit.residual_rms, 6)}
 
 
 def main() -> None:

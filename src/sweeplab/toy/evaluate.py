@@ -1,0 +1,281 @@
+"""Measure whether the toy model draws what the prompt says, with fixed seeds.
+
+    python -m sweeplab.toy.evaluate                 # all figures, 64 samples each
+    python -m sweeplab.toy.evaluate --samples 16    # quicker, fewer samples
+
+Every scene here is held out: drawn from its own seed, never from the training one.
+
+- **VAE PSNR**: encode and decode finished scenes and sketches; peak signal to noise in dB.
+- **Colour adherence**: img2img at strength 1.0 with the prompt "a <colour> <shape>", from the
+  sketch of a scene whose object and background are both *other* colours, so that only the
+  prompt can supply the asked colour. Share of outputs whose dominant object colour (the most
+  common palette colour other than the background's, which is read off the border) is the
+  asked one.
+- **Layout preservation**: img2img at strength 0.5 from a shape sketch with its own caption;
+  the distance between the object's centroid (pixels of the object's palette colour) in the
+  sketch and in the output, as a share of the image side.
+- **Monotonicity**: the mean RMS pixel distance between output and init image, per strength.
+
+Sampling is what a sweep does by default: k_lms, cfg_scale 7.5, a CPU generator per sample.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import LMSDiscreteScheduler, StableDiffusionImg2ImgPipeline
+from PIL import Image, ImageDraw
+from tqdm import tqdm
+
+from sweeplab.toy.scenes import COLOURS, SHAPES, Scene, caption, random_scene, render
+
+HELD_OUT_SEED = 20261122  # the training dataset is drawn from TrainConfig.seed (0)
+PALETTE_NAMES = tuple(COLOURS)
+PALETTE = np.array([COLOURS[name] for name in PALETTE_NAMES], np.float64)
+STRENGTHS = (0.2, 0.4, 0.6, 0.8, 0.9)
+BORDER = 0.06  # share of the side read as the border when finding the background colour
+
+
+@dataclass
+class Settings:
+    samples: int = 64
+    size: int = 256
+    steps: int = 20
+    cfg_scale: float = 7.5
+    batch: int = 8
+    seed: int = HELD_OUT_SEED
+
+
+@dataclass
+class Figures:
+    vae_psnr_db: dict  # "all", "scenes" and "sketches"
+    colour_adherence: float
+    colour_samples: int
+    colour_misses: dict  # "index: prompt" -> the colour drawn instead
+    median_centroid_shift: float  # share of the image side
+    distance_by_strength: dict  # strength -> mean RMS distance to the init image, pixels in [0, 1]
+
+    @property
+    def strictly_rising(self) -> bool:
+        distances = [self.distance_by_strength[s] for s in (0.2, 0.4, 0.6, 0.8)]
+        return all(a < b for a, b in zip(distances, distances[1:]))
+
+
+@dataclass
+class Samples:
+    """Outputs of one measurement, kept for the sample sheet."""
+
+    labels: list[str]
+    images: list[Image.Image] = field(repr=False)
+
+
+def load_toy_pipeline(folder: str | Path | None = None) -> StableDiffusionImg2ImgPipeline:
+    """The shipped toy model (or one at `folder`) with the default sampler, k_lms."""
+    from sweeplab.toy import toy_model_dir
+
+    pipe = StableDiffusionImg2ImgPipeline.from_pretrained(folder or toy_model_dir())
+    pipe.scheduler = LMSDiscreteScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def held_out_scenes(count: int, seed: int, kind: str | None = None) -> list[Scene]:
+    rng = random.Random(seed)
+    scenes = []
+    while len(scenes) < count:
+        scene = random_scene(rng)
+        if kind is None or scene.kind == kind:
+            scenes.append(scene)
+    return scenes
+
+
+def palette_classes(image: Image.Image) -> np.ndarray:
+    """Each pixel's nearest palette colour, as an index into PALETTE_NAMES."""
+    pixels = np.asarray(image.convert("RGB"), np.float64)
+    distances = ((pixels[:, :, None, :] - PALETTE[None, None]) ** 2).sum(-1)
+    return distances.argmin(-1)
+
+
+def background_class(classes: np.ndarray) -> int:
+    band = max(1, int(classes.shape[0] * BORDER))
+    border = np.concatenate([classes[:band].ravel(), classes[-band:].ravel(),
+                             classes[:, :band].ravel(), classes[:, -band:].ravel()])
+    return int(np.bincount(border, minlength=len(PALETTE)).argmax())
+
+
+def dominant_object_colour(image: Image.Image) -> str:
+    """The most common palette colour that is not the background's."""
+    classes = palette_classes(image)
+    counts = np.bincount(classes.ravel(), minlength=len(PALETTE))
+    counts[background_class(classes)] = 0
+    return PALETTE_NAMES[int(counts.argmax())]
+
+
+def centroid(image: Image.Image, colour: str) -> tuple[float, float] | None:
+    """Centre of the pixels of `colour`, as fractions of width and height; None if there are none."""
+    ys, xs = np.nonzero(palette_classes(image) == PALETTE_NAMES.index(colour))
+    if len(xs) == 0:
+        return None
+    return (xs.mean() + 0.5) / image.width, (ys.mean() + 0.5) / image.height
+
+
+def psnr(mse: float) -> float:
+    """PSNR in dB of a mean squared error between images in [-1, 1] (peak-to-peak 2)."""
+    return 10 * math.log10(4.0 / mse)
+
+
+def _to_tensor(images: list[Image.Image]) -> torch.Tensor:
+    return torch.from_numpy(np.stack([np.asarray(i) for i in images])).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
+@torch.no_grad()
+def vae_psnr(vae, scenes: list[Scene], size: int) -> dict[str, float]:
+    """Round-trip PSNR of the finished scenes, of their sketches and of both (output clamped like a PNG)."""
+    errors = {}
+    for name, sketch in (("scenes", False), ("sketches", True)):
+        images = _to_tensor([render(scene, size, sketch=sketch) for scene in scenes])
+        decoded = torch.cat([vae.decode(vae.encode(images[i : i + 8]).latent_dist.mode()).sample.clamp(-1, 1)
+                             for i in range(0, len(images), 8)])
+        errors[name] = (decoded - images).pow(2).mean().item()
+    errors["all"] = (errors["scenes"] + errors["sketches"]) / 2
+    return {name: round(psnr(error), 2) for name, error in errors.items()}
+
+
+def img2img(pipe, prompts: list[str], inits: list[Image.Image], seeds: list[int], strength: float,
+            settings: Settings, desc: str) -> list[Image.Image]:
+    """Batched img2img; each sample has its own generator, so batching never changes an output."""
+    outputs = []
+    for start in tqdm(range(0, len(prompts), settings.batch), desc=desc, leave=False):
+        end = start + settings.batch
+        outputs += pipe(
+            prompt=prompts[start:end], image=inits[start:end], strength=strength,
+            num_inference_steps=settings.steps, guidance_scale=settings.cfg_scale,
+            generator=[torch.Generator("cpu").manual_seed(seed) for seed in seeds[start:end]],
+        ).images
+    return outputs
+
+
+def colour_cases(settings: Settings) -> list[tuple[str, Scene]]:
+    """(prompt, init scene) pairs: every colour and shape in turn, each from a sketch without that colour."""
+    rng = random.Random(settings.seed + 1)
+    cases = []
+    for index in range(settings.samples):
+        colour, shape = PALETTE_NAMES[index % len(PALETTE_NAMES)], SHAPES[(index // len(PALETTE_NAMES)) % len(SHAPES)]
+        while True:
+            scene = random_scene(rng)
+            if scene.kind == "shape" and colour not in (scene.colour, scene.background):
+                break
+        cases.append((f"a {colour} {shape}", scene))
+    return cases
+
+
+def colour_adherence(pipe, settings: Settings) -> tuple[float, dict, Samples]:
+    """Share of "a <colour> <shape>" outputs at strength 1.0 whose dominant object colour was asked for."""
+    cases = colour_cases(settings)
+    prompts = [prompt for prompt, _ in cases]
+    outputs = img2img(pipe, prompts, [render(scene, settings.size, sketch=True) for _, scene in cases],
+                      _seeds(settings), 1.0, settings, "colour adherence")
+    got = [dominant_object_colour(image) for image in outputs]
+    misses = {f"{i}: {prompt}": colour for i, (prompt, colour) in enumerate(zip(prompts, got))
+              if colour != prompt.split()[1]}
+    return 1 - len(misses) / len(cases), misses, Samples(prompts, outputs)
+
+
+def centroid_shifts(pipe, settings: Settings) -> list[float]:
+    """Per shape sketch, how far the object's centroid moves at strength 0.5 (1.0 if the colour vanished)."""
+    scenes = held_out_scenes(settings.samples, settings.seed + 2, kind="shape")
+    sketches = [render(scene, settings.size, sketch=True) for scene in scenes]
+    prompts = [caption(scene, random.Random(scene.seed)) for scene in scenes]
+    outputs = img2img(pipe, prompts, sketches, _seeds(settings), 0.5, settings, "layout at 0.5")
+    shifts = []
+    for scene, sketch, output in zip(scenes, sketches, outputs):
+        before, after = centroid(sketch, scene.colour), centroid(output, scene.colour)
+        shifts.append(1.0 if after is None else float(np.hypot(after[0] - before[0], after[1] - before[1])))
+    return shifts
+
+
+def distance_by_strength(pipe, settings: Settings) -> tuple[dict, Samples]:
+    """Mean RMS pixel distance from the sketch, per strength, over scenes of every kind."""
+    scenes = held_out_scenes(settings.samples, settings.seed + 3)
+    inits = [render(scene, settings.size, sketch=True) for scene in scenes]
+    prompts = [caption(scene, random.Random(scene.seed)) for scene in scenes]
+    distances, shown = {}, Samples([f"sketch: {prompts[0]}"], [inits[0]])
+    for strength in STRENGTHS:
+        outputs = img2img(pipe, prompts, inits, _seeds(settings), strength, settings, f"distance at {strength}")
+        distances[strength] = round(float(np.mean([
+            np.sqrt(np.mean((np.asarray(out, np.float64) - np.asarray(init, np.float64)) ** 2)) / 255
+            for out, init in zip(outputs, inits)])), 4)
+        shown.labels.append(f"{prompts[0]} @ {strength}")
+        shown.images.append(outputs[0])
+    return distances, shown
+
+
+def _seeds(settings: Settings) -> list[int]:
+    return [settings.seed + i for i in range(settings.samples)]
+
+
+def evaluate(pipe, settings: Settings) -> tuple[Figures, list[Samples]]:
+    """All four figures, and the outputs to show beside them."""
+    adherence, misses, colours = colour_adherence(pipe, settings)
+    distances, strengths = distance_by_strength(pipe, settings)
+    figures = Figures(
+        vae_psnr_db=vae_psnr(pipe.vae, held_out_scenes(settings.samples, settings.seed), settings.size),
+        colour_adherence=round(adherence, 4),
+        colour_samples=settings.samples,
+        colour_misses=misses,
+        median_centroid_shift=round(float(np.median(centroid_shifts(pipe, settings))), 4),
+        distance_by_strength=distances,
+    )
+    return figures, [strengths, colours]
+
+
+def sample_sheet(samples: list[Samples], tile: int = 128, columns: int = 6, limit: int = 24) -> Image.Image:
+    """Labelled tiles in a grid: the first `limit` outputs."""
+    shown = [pair for group in samples for pair in zip(group.labels, group.images)][:limit]
+    rows = math.ceil(len(shown) / columns)
+    sheet = Image.new("RGB", (columns * tile, rows * (tile + 16)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for index, (label, image) in enumerate(shown):
+        x, y = (index % columns) * tile, (index // columns) * (tile + 16)
+        sheet.paste(image.resize((tile, tile), Image.Resampling.LANCZOS), (x, y + 16))
+        draw.text((x + 3, y + 2), label[:24], fill="black")
+    return sheet
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    for name, value in asdict(Settings()).items():
+        parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
+    parser.add_argument("--model", type=Path, default=None, help="a toy pipeline folder (default: the shipped one)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    parser.add_argument("--sheet", type=Path, default=None, help="also write a sheet of sample outputs here")
+    args = parser.parse_args()
+    settings = Settings(**{name: getattr(args, name) for name in asdict(Settings())})
+    figures, samples = evaluate(load_toy_pipeline(args.model), settings)
+    report = {"settings": asdict(settings), **asdict(figures), "strictly_rising": figures.strictly_rising}
+    psnr_db = figures.vae_psnr_db
+    print(f"VAE PSNR (held-out, {settings.size} px): {psnr_db['all']:.2f} dB "
+          f"(scenes {psnr_db['scenes']:.2f}, sketches {psnr_db['sketches']:.2f}); target >= 24")
+    print(f"colour adherence at strength 1.0: {figures.colour_adherence:.1%} of {figures.colour_samples}; "
+          "target >= 80%")
+    print(f"median centroid shift at strength 0.5: {figures.median_centroid_shift:.1%} of the side; target <= 10%")
+    print("mean distance to init by strength: "
+          + ", ".join(f"{s}: {d:.4f}" for s, d in figures.distance_by_strength.items())
+          + f"; strictly rising over 0.2-0.8: {figures.strictly_rising}")
+    for path in filter(None, (args.json, args.sheet)):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+    if args.sheet:
+        sample_sheet(samples).save(args.sheet)
+
+
+if __name__ == "__main__":
+    main()

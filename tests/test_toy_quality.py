@@ -1,0 +1,71 @@
+"""The shipped toy model draws what the prompt says: `sweeplab.toy.evaluate`'s thresholds on a fixed subset."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sweeplab.toy.evaluate import (
+    Settings,
+    centroid,
+    centroid_shifts,
+    colour_adherence,
+    distance_by_strength,
+    dominant_object_colour,
+    held_out_scenes,
+    load_toy_pipeline,
+    vae_psnr,
+)
+from sweeplab.toy.scenes import COLOURS, Scene, render
+
+SUBSET = Settings(samples=16)
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return load_toy_pipeline()
+
+
+def test_measures_read_colour_and_position_off_a_drawing():
+    """The measures themselves: a known scene gives its own colour and centre, a plain image none."""
+    scene = Scene("shape", seed=3, colour="purple", shape="square", background="yellow", cx=0.3, cy=0.65, size=0.3)
+    for sketch in (False, True):
+        image = render(scene, 128, sketch=sketch)
+        assert dominant_object_colour(image) == "purple"
+        x, y = centroid(image, "purple")
+        assert abs(x - 0.3) < 0.03 and abs(y - 0.65) < 0.03
+    assert centroid(Image.new("RGB", (64, 64), COLOURS["yellow"]), "purple") is None
+
+
+def test_vae_round_trip_psnr_is_at_least_24_db(pipe):
+    psnr_db = vae_psnr(pipe.vae, held_out_scenes(8, SUBSET.seed), SUBSET.size)
+    assert psnr_db["all"] >= 24, psnr_db
+
+
+def test_the_prompt_decides_the_colour_at_strength_1(pipe):
+    adherence, misses, _ = colour_adherence(pipe, SUBSET)
+    assert adherence >= 0.8, misses
+
+
+def test_layout_survives_strength_half(pipe):
+    shifts = centroid_shifts(pipe, SUBSET)
+    assert np.median(shifts) <= 0.10, shifts
+
+
+def test_distance_to_the_init_image_rises_with_strength(pipe):
+    distances, _ = distance_by_strength(pipe, replace(SUBSET, samples=8))
+    values = [distances[s] for s in (0.2, 0.4, 0.6, 0.8)]
+    assert all(a < b for a, b in zip(values, values[1:])), distances
+
+
+def test_held_out_scenes_are_not_training_scenes():
+    from sweeplab.toy.scenes import random_scene
+    from sweeplab.toy.train import TrainConfig
+
+    rng = random.Random(TrainConfig().seed)
+    training = {random_scene(rng).seed for _ in range(TrainConfig().scenes)}
+    assert not training & {scene.seed for scene in held_out_scenes(64, SUBSET.seed)}
