@@ -52,17 +52,16 @@ def test_inpainting_redraws_only_the_transparent_region(compose_config, toy_mode
     keep[12:20, 12:20] = False
     assert (final_latent - init_latent)[:, keep].abs().max() < 1e-3
     assert (final_latent - init_latent)[:, ~keep].abs().mean() > 0.1
-    # Pixel space: outside, the output is the init's VAE round trip; inside it is redrawn. The toy
-    # VAE's decoder has global attention and random weights, so "unchanged" is relative here.
+    # Pixel space: outside, the output is the init's VAE round trip (up to the decoder's global
+    # attention, a fraction of a grey level); inside it is redrawn.
     out = np.asarray(result.output, np.float64)
     reference = np.asarray(vae_round_trip(pipe, trial.init.rgb), np.float64)
     outside = np.ones((256, 256), bool)
     outside[64:192, 64:192] = False  # the hole plus a 32 px margin for the 8x latent grid
     inside = np.zeros((256, 256), bool)
     inside[104:152, 104:152] = True
-    outside_error = np.abs(out - reference)[outside].mean()
-    inside_change = np.abs(out - reference)[inside].mean()
-    assert inside_change > 2 * outside_error
+    assert np.abs(out - reference)[outside].mean() < 1.0
+    assert np.abs(out - reference)[inside].mean() > 10.0
 
 
 def test_inpainting_with_a_nine_channel_unet(compose_config, toy_model, holed_image, tmp_path):

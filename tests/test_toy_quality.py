@@ -69,3 +69,21 @@ def test_held_out_scenes_are_not_training_scenes():
     rng = random.Random(TrainConfig().seed)
     training = {random_scene(rng).seed for _ in range(TrainConfig().scenes)}
     assert not training & {scene.seed for scene in held_out_scenes(64, SUBSET.seed)}
+
+
+@pytest.fixture(scope="module")
+def doc_outputs(toy_model):
+    """The InvokeAI doc's trial (experiments/invokeai_img2img.yaml, 10 steps) at 0.4 and 0.7, through the runner."""
+    from conftest import CONF_DIR
+    from hydra import compose, initialize_config_dir
+
+    from sweeplab.runner import run_trial
+    from sweeplab.trial import prepare_trial
+
+    outputs = {}
+    for strength in (0.4, 0.7):
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose("config", overrides=["experiment=invokeai_img2img", "steps=10", f"strength={strength}"])
+        trial = prepare_trial(cfg)
+        outputs[strength] = run_trial(trial, toy_model).output
+    return trial.init.rgb, outputs

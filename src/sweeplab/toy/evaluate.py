@@ -9,10 +9,10 @@ Every scene here is held out: drawn from its own seed, never from the training o
 - **Colour adherence**: img2img at strength 1.0 with the prompt "a <colour> <shape>", from the
   sketch of a scene whose object and background are both *other* colours, so that only the
   prompt can supply the asked colour. Share of outputs whose dominant object colour (the most
-  common palette colour other than the background's, which is read off the border) is the
-  asked one.
+  common colour name other than the background's, which is read off the border; names by hue,
+  so shading does not rename a colour) is the asked one.
 - **Layout preservation**: img2img at strength 0.5 from a shape sketch with its own caption;
-  the distance between the object's centroid (pixels of the object's palette colour) in the
+  the distance between the object's centroid (pixels named the object's colour) in the
   sketch and in the output, as a share of the image side.
 - **Monotonicity**: the mean RMS pixel distance between output and init image, per strength.
 
@@ -38,9 +38,9 @@ from sweeplab.toy.scenes import COLOURS, SHAPES, Scene, caption, random_scene, r
 
 HELD_OUT_SEED = 20261122  # the training dataset is drawn from TrainConfig.seed (0)
 PALETTE_NAMES = tuple(COLOURS)
-PALETTE = np.array([COLOURS[name] for name in PALETTE_NAMES], np.float64)
 STRENGTHS = (0.2, 0.4, 0.6, 0.8, 0.9)
 BORDER = 0.06  # share of the side read as the border when finding the background colour
+MIN_OBJECT_SHARE = 0.01  # less than this is no object
 
 
 @dataclass
@@ -96,25 +96,46 @@ def held_out_scenes(count: int, seed: int, kind: str | None = None) -> list[Scen
     return scenes
 
 
+def _hue(rgb: np.ndarray) -> np.ndarray:
+    """Hue in degrees of RGB values in [0, 1] (last axis)."""
+    r, g, b = np.moveaxis(rgb, -1, 0)
+    return np.degrees(np.arctan2(np.sqrt(3) * (g - b), 2 * r - g - b)) % 360
+
+
+CHROMATIC = tuple(name for name in PALETTE_NAMES if name not in ("white", "black"))
+CHROMATIC_HUES = _hue(np.array([COLOURS[name] for name in CHROMATIC], np.float64) / 255)
+
+
 def palette_classes(image: Image.Image) -> np.ndarray:
-    """Each pixel's nearest palette colour, as an index into PALETTE_NAMES."""
-    pixels = np.asarray(image.convert("RGB"), np.float64)
-    distances = ((pixels[:, :, None, :] - PALETTE[None, None]) ** 2).sum(-1)
-    return distances.argmin(-1)
+    """Each pixel's colour name, as an index into PALETTE_NAMES, the way a person names it.
+
+    Dark pixels are black and pale grey ones white; the rest get the palette colour of nearest
+    hue, so light and shade (a dark red, a bright orange) do not change a colour's name.
+    """
+    rgb = np.asarray(image.convert("RGB"), np.float64) / 255
+    value, chroma = rgb.max(-1), rgb.max(-1) - rgb.min(-1)
+    saturation = chroma / np.maximum(value, 1e-6)
+    distance = np.abs(_hue(rgb)[..., None] - CHROMATIC_HUES)
+    nearest = np.array([PALETTE_NAMES.index(name) for name in CHROMATIC])[np.minimum(distance, 360 - distance).argmin(-1)]
+    grey = np.where(value >= 0.5, PALETTE_NAMES.index("white"), PALETTE_NAMES.index("black"))
+    classes = np.where(saturation < 0.25, grey, nearest)
+    return np.where(value < 0.3, PALETTE_NAMES.index("black"), classes)
 
 
 def background_class(classes: np.ndarray) -> int:
     band = max(1, int(classes.shape[0] * BORDER))
     border = np.concatenate([classes[:band].ravel(), classes[-band:].ravel(),
                              classes[:, :band].ravel(), classes[:, -band:].ravel()])
-    return int(np.bincount(border, minlength=len(PALETTE)).argmax())
+    return int(np.bincount(border, minlength=len(PALETTE_NAMES)).argmax())
 
 
-def dominant_object_colour(image: Image.Image) -> str:
-    """The most common palette colour that is not the background's."""
+def dominant_object_colour(image: Image.Image) -> str | None:
+    """The most common colour that is not the background's; None if it covers under 1% of the image."""
     classes = palette_classes(image)
-    counts = np.bincount(classes.ravel(), minlength=len(PALETTE))
+    counts = np.bincount(classes.ravel(), minlength=len(PALETTE_NAMES))
     counts[background_class(classes)] = 0
+    if counts.max() < MIN_OBJECT_SHARE * classes.size:
+        return None
     return PALETTE_NAMES[int(counts.argmax())]
 
 
