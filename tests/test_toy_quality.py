@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from sweeplab.toy.evaluate import (
+    PALETTE_NAMES,
     Settings,
     centroid,
     centroid_shifts,
@@ -18,6 +19,7 @@ from sweeplab.toy.evaluate import (
     dominant_object_colour,
     held_out_scenes,
     load_toy_pipeline,
+    palette_classes,
     vae_psnr,
 )
 from sweeplab.toy.scenes import COLOURS, Scene, render
@@ -46,6 +48,8 @@ def test_vae_round_trip_psnr_is_at_least_24_db(pipe):
     assert psnr_db["all"] >= 24, psnr_db
 
 
+@pytest.mark.xfail(strict=True, reason="issue 5 open: the shipped toy model reaches 69% on this subset "
+                   "(53% over 64 samples); the target is 80%")
 def test_the_prompt_decides_the_colour_at_strength_1(pipe):
     adherence, misses, _ = colour_adherence(pipe, SUBSET)
     assert adherence >= 0.8, misses
@@ -87,3 +91,21 @@ def doc_outputs(toy_model):
         trial = prepare_trial(cfg)
         outputs[strength] = run_trial(trial, toy_model).output
     return trial.init.rgb, outputs
+
+
+def test_doc_fire_is_drawn_over_the_fireplace_and_04_stays_closer(doc_outputs):
+    """"fire" over the fireplace sketch: the flames stay flame-coloured, the picture keeps the
+    sketch's layout, and strength 0.4 stays closer to the sketch than 0.7 (the doc's point)."""
+    sketch, outputs = doc_outputs
+    drawing = np.asarray(sketch, np.float64) / 255
+    distance = {s: np.sqrt(np.mean((np.asarray(o, np.float64) / 255 - drawing) ** 2)) for s, o in outputs.items()}
+    assert distance[0.4] < distance[0.7], distance
+
+    bright = drawing.max(-1) > 0.6
+    flames = bright & np.isin(palette_classes(sketch), [PALETTE_NAMES.index(c) for c in ("orange", "yellow")])
+    assert flames.mean() > 0.02  # the sketch has flames to keep
+    warm = [PALETTE_NAMES.index(c) for c in ("red", "orange", "yellow")]
+    for strength, output in outputs.items():
+        assert np.isin(palette_classes(output)[flames], warm).mean() > 0.6, strength
+        layout = np.asarray(output.resize((8, 8), Image.Resampling.BOX), np.float64) / 255
+        assert np.abs(layout - np.asarray(sketch.resize((8, 8), Image.Resampling.BOX)) / 255).mean() < 0.15, strength

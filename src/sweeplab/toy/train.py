@@ -27,7 +27,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from sweeplab.toy.build import SD15_SCHEDULER_CONFIG, SHIPPED_DIR, build_toy_pipeline, write_latent_rgb
@@ -51,7 +50,6 @@ class TrainConfig:
     unet_steps: int = 4000
     unet_lr: float = 5e-4
     text_lr: float = 3e-4
-    ema_decay: float = 0.999
     noise_offset: float = 0.05  # lets the model change an image's mean colour (dark or bright backgrounds)
     caption_dropout: float = 0.15
     checkpoint_every: int = 250
@@ -178,27 +176,33 @@ def encode_latents(vae, photos: np.ndarray, sizes: list[int], batch: int = 16) -
     return {size: value * scaling for size, value in latents.items()}, scaling
 
 
+def cached_latents(vae, photos: np.ndarray, sizes: list[int], path: Path) -> tuple[dict, float]:
+    """`encode_latents`, kept in the workdir so that a resumed UNet stage does not encode again."""
+    if path.exists():
+        cached = torch.load(path, map_location="cpu")
+        if sorted(cached["latents"]) == sorted(sizes):
+            return cached["latents"], cached["scaling"]
+    latents, scaling = encode_latents(vae, photos, sizes)
+    torch.save({"latents": latents, "scaling": scaling}, path)
+    return latents, scaling
+
+
 def train_unet(pipe, latents: dict, captions: list[str], config: TrainConfig,
                checkpoint: Checkpoint, state: dict | None) -> None:
-    """Denoising training; the weights written at the end are the exponential moving average."""
+    """Denoising training with caption dropout; the weights written are the last step's."""
     unet, text_encoder, tokenizer = pipe.unet.train(), pipe.text_encoder.train(), pipe.tokenizer
     noise_schedule = DDPMScheduler.from_config(SD15_SCHEDULER_CONFIG)
     optimizer = torch.optim.AdamW([
         {"params": unet.parameters(), "lr": config.unet_lr},
         {"params": text_encoder.parameters(), "lr": config.text_lr},
     ], weight_decay=1e-2)
-    averaging = get_ema_multi_avg_fn(config.ema_decay)
-    ema = {"unet": AveragedModel(unet, multi_avg_fn=averaging),
-           "text_encoder": AveragedModel(text_encoder, multi_avg_fn=averaging)}
     start = 0
     if state and state["stage"] == "unet":
         unet.load_state_dict(state["modules"]["unet"])
         text_encoder.load_state_dict(state["modules"]["text_encoder"])
-        for name, average in ema.items():
-            average.load_state_dict(state["modules"][f"ema_{name}"])
         optimizer.load_state_dict(state["optimizer"])
         start = state["step"]
-    modules = {"unet": unet, "text_encoder": text_encoder, **{f"ema_{k}": v for k, v in ema.items()}}
+    modules = {"unet": unet, "text_encoder": text_encoder}
     sizes = sorted(latents)
     tokens = tokenizer(captions + [""], padding="max_length", truncation=True, return_tensors="pt").input_ids
     tokens = tokens.to(config.device)
@@ -231,14 +235,10 @@ def train_unet(pipe, latents: dict, captions: list[str], config: TrainConfig,
         loss.backward()
         torch.nn.utils.clip_grad_norm_([*unet.parameters(), *text_encoder.parameters()], 1.0)
         optimizer.step()
-        for name, average in ema.items():
-            average.update_parameters(modules[name])
         progress.set_postfix(loss=f"{loss.item():.4f}", size=bucket.shape[-1] * 8)
         if (step + 1) % config.checkpoint_every == 0:
             checkpoint.save("unet", step + 1, modules, optimizer)
     checkpoint.save("unet", config.unet_steps, modules, optimizer)
-    for name, average in ema.items():
-        modules[name].load_state_dict(average.module.state_dict())
     unet.eval()
     text_encoder.eval()
 
@@ -248,6 +248,7 @@ def train(config: TrainConfig, workdir: Path, out: Path, resume: bool) -> dict:
     torch.manual_seed(config.seed)
     checkpoint = Checkpoint(workdir)
     state = checkpoint.load() if resume else None
+    resumed_from = f"{state['stage']} step {state['step']}" if state else None
     started = time.perf_counter()
     data = build_dataset(config, workdir)
     pipe = build_toy_pipeline(config.seed).to(config.device)
@@ -255,14 +256,15 @@ def train(config: TrainConfig, workdir: Path, out: Path, resume: bool) -> dict:
         train_vae(pipe, data, config, checkpoint, state)
         state = None
         torch.save(pipe.vae.state_dict(), workdir / "vae.pt")
+        (workdir / "latents.pt").unlink(missing_ok=True)
     else:
         pipe.vae.load_state_dict(torch.load(workdir / "vae.pt", map_location=config.device))
-    latents, scaling = encode_latents(pipe.vae, data["photos"], unet_sizes(config))
+    latents, scaling = cached_latents(pipe.vae, data["photos"], unet_sizes(config), workdir / "latents.pt")
     pipe.vae.register_to_config(scaling_factor=scaling)
     train_unet(pipe, latents, data["captions"], config, checkpoint, state)
     pipe.to("cpu")
     report = save_trained(pipe, out)
-    report.update(config=asdict(config), seconds=round(time.perf_counter() - started),
+    report.update(config=asdict(config), seconds=round(time.perf_counter() - started), resumed_from=resumed_from,
                   machine=f"{platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} threads".strip())
     (out / "training.json").write_text(json.dumps(report, indent=2, sort_keys=True))
     return report
