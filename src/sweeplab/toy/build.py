@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from PIL import Image
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from sweeplab.render import LATENT_RGB_FILE
@@ -107,8 +109,13 @@ def fit_images() -> torch.Tensor:
     of picture the latent->RGB map has to preview."""
     rng = random.Random(_FIT_SEED)
     scenes = [random_scene(rng) for _ in range(_FIT_SCENES)]
-    images = [render(scene, _FIT_SIZE, sketch=sketch) for scene in scenes for sketch in (False, True)]
-    return torch.from_numpy(np.stack([np.asarray(image) for image in images])).permute(0, 3, 1, 2).float() / 127.5 - 1
+    return to_tensor([render(scene, _FIT_SIZE, sketch=sketch) for scene in scenes for sketch in (False, True)])
+
+
+def to_tensor(images: np.ndarray | Sequence[Image.Image]) -> torch.Tensor:
+    """RGB images, an (N, H, W, 3) uint8 array or a list of PIL images, as an (N, 3, H, W) batch in [-1, 1]."""
+    array = images if isinstance(images, np.ndarray) else np.stack([np.asarray(image) for image in images])
+    return torch.from_numpy(array).permute(0, 3, 1, 2).float() / 127.5 - 1
 
 
 def _unscaled_latents(vae: AutoencoderKL, images: torch.Tensor) -> torch.Tensor:
@@ -121,9 +128,10 @@ def build_toy_pipeline(seed: int = 0) -> StableDiffusionPipeline:
 
     A fixed seed plus a fixed construction order give the same weight bytes in
     every process on the same torch version. The caller's global RNG state is
-    restored afterwards, so building never changes what a run draws later. The VAE's ``scaling_factor`` is set, like SD's 0.18215, so
-    the latents the UNet sees have roughly unit standard deviation; otherwise
-    img2img's noise would swamp the image at any strength.
+    restored afterwards, so building never changes what a run draws later. The
+    VAE's ``scaling_factor`` is set, like SD's 0.18215, so the latents the UNet
+    sees have roughly unit standard deviation; otherwise img2img's noise would
+    swamp the image at any strength.
     """
     tokenizer = build_tokenizer()
     with torch.random.fork_rng(devices=[]):

@@ -34,6 +34,7 @@ from diffusers import LMSDiscreteScheduler, StableDiffusionImg2ImgPipeline
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
+from sweeplab.toy.build import to_tensor
 from sweeplab.toy.scenes import COLOURS, SHAPES, Scene, caption, random_scene, render
 
 HELD_OUT_SEED = 20261122  # the training dataset is drawn from TrainConfig.seed (0)
@@ -64,8 +65,13 @@ class Figures:
 
     @property
     def strictly_rising(self) -> bool:
-        distances = [self.distance_by_strength[s] for s in (0.2, 0.4, 0.6, 0.8)]
-        return all(a < b for a, b in zip(distances, distances[1:]))
+        return rises_strictly(self.distance_by_strength)
+
+
+def rises_strictly(distance_by_strength: dict) -> bool:
+    """The monotonicity target: the distance to the init image rises at each of 0.2, 0.4, 0.6, 0.8."""
+    distances = [distance_by_strength[s] for s in (0.2, 0.4, 0.6, 0.8)]
+    return all(a < b for a, b in zip(distances, distances[1:]))
 
 
 @dataclass
@@ -152,16 +158,12 @@ def psnr(mse: float) -> float:
     return 10 * math.log10(4.0 / mse)
 
 
-def _to_tensor(images: list[Image.Image]) -> torch.Tensor:
-    return torch.from_numpy(np.stack([np.asarray(i) for i in images])).permute(0, 3, 1, 2).float() / 127.5 - 1
-
-
 @torch.no_grad()
 def vae_psnr(vae, scenes: list[Scene], size: int) -> dict[str, float]:
     """Round-trip PSNR of the finished scenes, of their sketches and of both (output clamped like a PNG)."""
     errors = {}
     for name, sketch in (("scenes", False), ("sketches", True)):
-        images = _to_tensor([render(scene, size, sketch=sketch) for scene in scenes])
+        images = to_tensor([render(scene, size, sketch=sketch) for scene in scenes])
         decoded = torch.cat([vae.decode(vae.encode(images[i : i + 8]).latent_dist.mode()).sample.clamp(-1, 1)
                              for i in range(0, len(images), 8)])
         errors[name] = (decoded - images).pow(2).mean().item()

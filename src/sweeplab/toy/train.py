@@ -7,8 +7,8 @@ Stage 1 trains the 8x VAE on finished scenes and sketches at several scales; sta
 the UNet and the text encoder on pre-encoded latents of finished scenes, dropping captions
 now and then so that classifier-free guidance works. The UNet sees each scene at several
 sizes (128 to 384 px, a constant number of latent pixels per batch, like SDXL's buckets), so
-a scene is drawn at the scale it is asked for instead of being tiled at a larger size. Everything is seeded: the same seed gives the same
-dataset and the same sequence of batches. The result is written in diffusers format with a
+a scene is drawn at the scale it is asked for instead of being tiled at a larger size.
+Everything is seeded: the same seed gives the same dataset and the same sequence of batches. The result is written in diffusers format with a
 fitted latent->RGB map (by default into the folder the project ships).
 """
 
@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler
 from tqdm import tqdm
 
-from sweeplab.toy.build import SD15_SCHEDULER_CONFIG, SHIPPED_DIR, build_toy_pipeline, write_latent_rgb
+from sweeplab.toy.build import SD15_SCHEDULER_CONFIG, SHIPPED_DIR, build_toy_pipeline, to_tensor, write_latent_rgb
 from sweeplab.toy.scenes import caption, random_scene, render
 from sweeplab.toy.tokenizer import write_vocab
 
@@ -72,10 +72,6 @@ def build_dataset(config: TrainConfig, folder: Path) -> dict:
     data = {"photos": np.stack(photos), "sketches": np.stack(sketches), "captions": np.array(captions)}
     np.savez(path, **data)
     return {**data, "captions": captions}
-
-
-def to_tensor(images: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
 
 
 def resize(images: torch.Tensor, size: int) -> torch.Tensor:
