@@ -21,6 +21,7 @@ from sweeplab.toy.evaluate import (
     load_toy_pipeline,
     palette_classes,
     rises_strictly,
+    rms_distance,
     vae_psnr,
 )
 from sweeplab.toy.scenes import COLOURS, Scene, render
@@ -97,11 +98,10 @@ def test_doc_fire_is_drawn_over_the_fireplace_and_04_stays_closer(doc_outputs):
     """"fire" over the fireplace sketch: the flames stay flame-coloured, the picture keeps the
     sketch's layout, and strength 0.4 stays closer to the sketch than 0.7 (the doc's point)."""
     sketch, outputs = doc_outputs
-    drawing = np.asarray(sketch, np.float64) / 255
-    distance = {s: np.sqrt(np.mean((np.asarray(o, np.float64) / 255 - drawing) ** 2)) for s, o in outputs.items()}
+    distance = {strength: rms_distance(output, sketch) for strength, output in outputs.items()}
     assert distance[0.4] < distance[0.7], distance
 
-    bright = drawing.max(-1) > 0.6
+    bright = np.asarray(sketch, np.float64).max(-1) / 255 > 0.6
     flames = bright & np.isin(palette_classes(sketch), [PALETTE_NAMES.index(c) for c in ("orange", "yellow")])
     assert flames.mean() > 0.02  # the sketch has flames to keep
     warm = [PALETTE_NAMES.index(c) for c in ("red", "orange", "yellow")]

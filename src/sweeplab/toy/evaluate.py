@@ -232,12 +232,15 @@ def distance_by_strength(pipe, settings: Settings) -> tuple[dict, Samples]:
     distances, shown = {}, Samples([f"sketch: {prompts[0]}"], [inits[0]])
     for strength in STRENGTHS:
         outputs = img2img(pipe, prompts, inits, _seeds(settings), strength, settings, f"distance at {strength}")
-        distances[strength] = round(float(np.mean([
-            np.sqrt(np.mean((np.asarray(out, np.float64) - np.asarray(init, np.float64)) ** 2)) / 255
-            for out, init in zip(outputs, inits)])), 4)
+        distances[strength] = round(float(np.mean([rms_distance(out, init) for out, init in zip(outputs, inits)])), 4)
         shown.labels.append(f"{prompts[0]} @ {strength}")
         shown.images.append(outputs[0])
     return distances, shown
+
+
+def rms_distance(image: Image.Image, init: Image.Image) -> float:
+    """Root-mean-square pixel distance between two images of the same size, pixels in [0, 1]."""
+    return float(np.sqrt(np.mean((np.asarray(image, np.float64) - np.asarray(init, np.float64)) ** 2)) / 255)
 
 
 def _seeds(settings: Settings) -> list[int]:

@@ -8,8 +8,9 @@ the UNet and the text encoder on pre-encoded latents of finished scenes, droppin
 now and then so that classifier-free guidance works. The UNet sees each scene at several
 sizes (128 to 384 px, a constant number of latent pixels per batch, like SDXL's buckets), so
 a scene is drawn at the scale it is asked for instead of being tiled at a larger size.
-Everything is seeded: the same seed gives the same dataset and the same sequence of batches. The result is written in diffusers format with a
-fitted latent->RGB map (by default into the folder the project ships).
+Everything is seeded: the same seed gives the same dataset and the same sequence of batches.
+The result is written in diffusers format with a fitted latent->RGB map (by default into the
+folder the project ships).
 """
 
 from __future__ import annotations
