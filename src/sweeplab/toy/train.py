@@ -8,6 +8,10 @@ the UNet and the text encoder on pre-encoded latents of finished scenes, droppin
 now and then so that classifier-free guidance works. The UNet sees each scene at several
 sizes (128 to 384 px, a constant number of latent pixels per batch, like SDXL's buckets), so
 a scene is drawn at the scale it is asked for instead of being tiled at a larger size.
+Stage 3 ("finish") goes on at the noisiest timesteps only, with their x0 error weighed up:
+the epsilon loss counts an image's error there about SNR (0.005 at t=999) times, yet those
+are the only steps where the caption alone decides the colours. Keeping it a short separate
+stage leaves the low-noise steps, which a low-strength img2img run takes, as stage 2 made them.
 Everything is seeded: the same seed gives the same dataset and the same sequence of batches.
 The result is written in diffusers format with a fitted latent->RGB map (by default into the
 folder the project ships).
@@ -48,11 +52,19 @@ class TrainConfig:
     vae_lr: float = 1e-3
     unet_sizes: str = "128,256,384"  # image sizes the UNet trains at, one per batch
     unet_latent_pixels: int = 18432  # latent pixels per batch: 72 scenes at 128 px, 8 at 384 px
-    unet_steps: int = 5500  # the shipped weights' count
+    unet_steps: int = 4800
     unet_lr: float = 5e-4
-    text_lr: float = 3e-4
+    text_lr: float = 1e-3
+    # Each sample's epsilon error counts min(1 / alpha_bar, cap) times: once at low noise, as in the plain loss,
+    # and up to `cap` times at the noisiest steps, where the caption alone decides the colours.
+    loss_weight_cap: float = 20.0
     noise_offset: float = 0.05  # lets the model change an image's mean colour (dark or bright backgrounds)
     caption_dropout: float = 0.15
+    # The repair stage trains only low-noise timesteps, with the text encoder frozen, to sharpen the denoising
+    # that low-strength img2img runs take.
+    repair_steps: int = 0
+    repair_max_timestep: int = 300
+    repair_lr: float = 2e-4
     checkpoint_every: int = 250
     device: str = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -83,6 +95,9 @@ def resize(images: torch.Tensor, size: int) -> torch.Tensor:
 
 def unet_sizes(config: TrainConfig) -> list[int]:
     return [int(size) for size in config.unet_sizes.split(",")]
+
+
+STAGES = ("vae", "unet", "repair")  # in the order they run
 
 
 class Checkpoint:
@@ -184,17 +199,42 @@ def cached_latents(vae, photos: np.ndarray, sizes: list[int], path: Path) -> tup
     return latents, scaling
 
 
-def train_unet(pipe, latents: dict, captions: list[str], config: TrainConfig,
-               checkpoint: Checkpoint, state: dict | None) -> None:
+@dataclass(frozen=True)
+class DenoisingStage:
+    """One stage of UNet and text-encoder training, with its own optimiser, schedule and timesteps."""
+
+    name: str  # the checkpoint's stage name
+    steps: int
+    unet_lr: float
+    text_lr: float
+    warmup: int
+    seed: int
+    max_timestep: int = 1000  # timesteps are drawn from [0, max_timestep)
+    weight_cap: float = 0.0  # > 0: each sample's epsilon error counts min(1 / alpha_bar, cap) times
+
+
+def denoising_stages(config: TrainConfig) -> list[DenoisingStage]:
+    """The main stage over all timesteps, then the low-noise repair stage."""
+    return [
+        DenoisingStage("unet", config.unet_steps, config.unet_lr, config.text_lr, warmup=300, seed=config.seed + 2,
+                       weight_cap=config.loss_weight_cap),
+        DenoisingStage("repair", config.repair_steps, config.repair_lr, 0.0, warmup=50, seed=config.seed + 4,
+                       max_timestep=config.repair_max_timestep),
+    ]
+
+
+def train_denoiser(pipe, latents: dict, captions: list[str], config: TrainConfig, stage: DenoisingStage,
+                   checkpoint: Checkpoint, state: dict | None) -> None:
     """Denoising training with caption dropout; the weights written are the last step's."""
     unet, text_encoder, tokenizer = pipe.unet.train(), pipe.text_encoder.train(), pipe.tokenizer
+    text_encoder.requires_grad_(stage.text_lr > 0)
     noise_schedule = DDPMScheduler.from_config(SD15_SCHEDULER_CONFIG)
     optimizer = torch.optim.AdamW([
-        {"params": unet.parameters(), "lr": config.unet_lr},
-        {"params": text_encoder.parameters(), "lr": config.text_lr},
+        {"params": unet.parameters(), "lr": stage.unet_lr},
+        {"params": text_encoder.parameters(), "lr": stage.text_lr},
     ], weight_decay=1e-2)
     start = 0
-    if state and state["stage"] == "unet":
+    if state and state["stage"] == stage.name:
         unet.load_state_dict(state["modules"]["unet"])
         text_encoder.load_state_dict(state["modules"]["text_encoder"])
         optimizer.load_state_dict(state["optimizer"])
@@ -204,9 +244,10 @@ def train_unet(pipe, latents: dict, captions: list[str], config: TrainConfig,
     tokens = tokenizer(captions + [""], padding="max_length", truncation=True, return_tensors="pt").input_ids
     tokens = tokens.to(config.device)
     empty = len(captions)
-    generator = np.random.default_rng(config.seed + 2 + start)
-    torch_generator = torch.Generator().manual_seed(config.seed + 3 + start)
-    progress = tqdm(range(start, config.unet_steps), desc="UNet", initial=start, total=config.unet_steps)
+    loss_weights = (1 / noise_schedule.alphas_cumprod).clamp(max=stage.weight_cap).to(config.device)
+    generator = np.random.default_rng(stage.seed + start)
+    torch_generator = torch.Generator().manual_seed(stage.seed + 1 + start)
+    progress = tqdm(range(start, stage.steps), desc=stage.name, initial=start, total=stage.steps)
     for step in progress:
         bucket = latents[sizes[generator.integers(len(sizes))]]
         batch = max(1, config.unet_latent_pixels // (bucket.shape[-1] * bucket.shape[-2]))
@@ -218,24 +259,23 @@ def train_unet(pipe, latents: dict, captions: list[str], config: TrainConfig,
         noise = torch.randn(clean.shape, generator=torch_generator)
         noise += config.noise_offset * torch.randn(clean.shape[:2] + (1, 1), generator=torch_generator)
         noise = noise.to(config.device)
-        timesteps = torch.randint(
-            0, noise_schedule.config.num_train_timesteps, (len(picks),), generator=torch_generator
-        ).to(config.device)
+        timesteps = torch.randint(0, stage.max_timestep, (len(picks),), generator=torch_generator).to(config.device)
         noisy = noise_schedule.add_noise(clean, noise, timesteps)
-        warmup = min(1.0, (step + 1) / 300)
-        decay = 0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * step / config.unet_steps))
-        optimizer.param_groups[0]["lr"] = config.unet_lr * warmup * decay
-        optimizer.param_groups[1]["lr"] = config.text_lr * warmup * decay
+        warmup = min(1.0, (step + 1) / stage.warmup)
+        decay = 0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * step / stage.steps))
+        optimizer.param_groups[0]["lr"] = stage.unet_lr * warmup * decay
+        optimizer.param_groups[1]["lr"] = stage.text_lr * warmup * decay
         prediction = unet(noisy, timesteps, encoder_hidden_states=text_encoder(ids)[0]).sample
-        loss = F.mse_loss(prediction, noise)
+        errors = F.mse_loss(prediction, noise, reduction="none").mean((1, 2, 3))
+        loss = (errors * loss_weights[timesteps]).mean() if stage.weight_cap > 0 else errors.mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_([*unet.parameters(), *text_encoder.parameters()], 1.0)
         optimizer.step()
         progress.set_postfix(loss=f"{loss.item():.4f}", size=bucket.shape[-1] * 8)
         if (step + 1) % config.checkpoint_every == 0:
-            checkpoint.save("unet", step + 1, modules, optimizer)
-    checkpoint.save("unet", config.unet_steps, modules, optimizer)
+            checkpoint.save(stage.name, step + 1, modules, optimizer)
+    checkpoint.save(stage.name, stage.steps, modules, optimizer)
     unet.eval()
     text_encoder.eval()
 
@@ -247,8 +287,14 @@ def train(config: TrainConfig, workdir: Path, out: Path, resume: bool) -> dict:
     state = checkpoint.load() if resume else None
     resumed_from = f"{state['stage']} step {state['step']}" if state else None
     started = time.perf_counter()
+    seconds = {}  # per stage of this run, for the record of where the time goes
+
+    def lap(name: str) -> None:
+        seconds[name] = round(time.perf_counter() - started - sum(seconds.values()))
+
     data = build_dataset(config, workdir)
     pipe = build_toy_pipeline(config.seed).to(config.device)
+    lap("dataset")
     if state is None or state["stage"] == "vae":
         train_vae(pipe, data, config, checkpoint, state)
         state = None
@@ -256,13 +302,20 @@ def train(config: TrainConfig, workdir: Path, out: Path, resume: bool) -> dict:
         (workdir / "latents.pt").unlink(missing_ok=True)
     else:
         pipe.vae.load_state_dict(torch.load(workdir / "vae.pt", map_location=config.device))
+    lap("vae")
     latents, scaling = cached_latents(pipe.vae, data["photos"], unet_sizes(config), workdir / "latents.pt")
     pipe.vae.register_to_config(scaling_factor=scaling)
-    train_unet(pipe, latents, data["captions"], config, checkpoint, state)
+    lap("latents")
+    for stage in denoising_stages(config):
+        if state and STAGES.index(state["stage"]) > STAGES.index(stage.name):
+            continue  # finished before the resume; its weights come with the later stage's checkpoint
+        train_denoiser(pipe, latents, data["captions"], config, stage, checkpoint,
+                       state if state and state["stage"] == stage.name else None)
+        lap(stage.name)
     pipe.to("cpu")
     report = save_trained(pipe, out)
-    report.update(config=asdict(config), seconds=round(time.perf_counter() - started), resumed_from=resumed_from,
-                  machine=machine_description(config.device))
+    report.update(config=asdict(config), seconds=round(time.perf_counter() - started), stage_seconds=seconds,
+                  resumed_from=resumed_from, machine=machine_description(config.device))
     (out / "training.json").write_text(json.dumps(report, indent=2, sort_keys=True))
     return report
 
