@@ -26,7 +26,7 @@ from sweeplab.toy.evaluate import (
 )
 from sweeplab.toy.scenes import COLOURS, Scene, render
 
-SUBSET = Settings(samples=16)
+SUBSET = Settings(samples=16, colour_samples=16)
 
 
 @pytest.fixture(scope="module")

@@ -34,15 +34,17 @@ def test_training_writes_a_pipeline_and_resumes(tmp_path):
     from diffusers import StableDiffusionImg2ImgPipeline
 
     work, out = tmp_path / "work", tmp_path / "out"
-    report = train(TrainConfig(**TINY, vae_steps=2, unet_steps=2, finish_steps=1), work, out, resume=False)
-    assert (Checkpoint(work).load()["stage"], Checkpoint(work).load()["step"]) == ("finish", 1)
+    report = train(TrainConfig(**TINY, vae_steps=2, unet_steps=2, loss_weight_cap=20.0), work, out, resume=False)
+    assert (Checkpoint(work).load()["stage"], Checkpoint(work).load()["step"]) == ("unet", 2)
+    assert list(report["stage_seconds"]) == ["dataset", "vae", "latents", "unet"]  # no repair steps: no stage
     assert report["weights_bytes"] < 20 * 1024 * 1024
-    assert list(report["stage_seconds"]) == ["dataset", "vae", "latents", "unet", "finish"]
     pipe = StableDiffusionImg2ImgPipeline.from_pretrained(out)
     assert pipe.vae.config.scaling_factor > 0 and (out / "latent_rgb.json").is_file()
-    before = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
-    train(TrainConfig(**TINY, vae_steps=2, unet_steps=2, finish_steps=3), work, out, resume=True)
+    before = {name: module.state_dict() for name, module in (("unet", pipe.unet), ("text", pipe.text_encoder))}
+    train(TrainConfig(**TINY, vae_steps=2, unet_steps=2, repair_steps=3), work, out, resume=True)
     state = Checkpoint(work).load()
-    assert (state["stage"], state["step"]) == ("finish", 3)
-    after = StableDiffusionImg2ImgPipeline.from_pretrained(out).unet.state_dict()
-    assert any(not torch.equal(before[k], after[k]) for k in before)  # the resumed steps trained further
+    assert (state["stage"], state["step"]) == ("repair", 3)
+    repaired = StableDiffusionImg2ImgPipeline.from_pretrained(out)
+    after = {"unet": repaired.unet.state_dict(), "text": repaired.text_encoder.state_dict()}
+    assert any(not torch.equal(before["unet"][k], after["unet"][k]) for k in before["unet"])  # trained further
+    assert all(torch.equal(before["text"][k], after["text"][k]) for k in before["text"])  # text encoder frozen
