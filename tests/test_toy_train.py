@@ -35,7 +35,8 @@ def test_training_writes_a_pipeline_and_resumes(tmp_path):
 
     work, out = tmp_path / "work", tmp_path / "out"
     report = train(TrainConfig(**TINY, vae_steps=2, unet_steps=2, loss_weight_cap=20.0), work, out, resume=False)
-    assert (Checkpoint(work).load()["stage"], Checkpoint(work).load()["step"]) == ("unet", 2)
+    state = Checkpoint(work).load()
+    assert (state["stage"], state["step"]) == ("unet", 2)
     assert list(report["stage_seconds"]) == ["dataset", "vae", "latents", "unet"]  # no repair steps: no stage
     assert report["weights_bytes"] < 20 * 1024 * 1024
     pipe = StableDiffusionImg2ImgPipeline.from_pretrained(out)

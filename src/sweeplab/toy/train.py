@@ -246,6 +246,9 @@ def train_denoiser(pipe, latents: dict, captions: list[str], config: TrainConfig
     tokens = tokenizer(captions + [""], padding="max_length", truncation=True, return_tensors="pt").input_ids
     tokens = tokens.to(config.device)
     empty = len(captions)
+    weights = None  # per timestep, on the epsilon error; None: the plain loss
+    if stage.weight_cap > 0:
+        weights = (1 / noise_schedule.alphas_cumprod).clamp(max=stage.weight_cap).to(config.device)
     generator = np.random.default_rng(stage.seed + start)
     torch_generator = torch.Generator().manual_seed(stage.seed + 1 + start)
     progress = tqdm(range(start, stage.steps), desc=stage.name, initial=start, total=stage.steps)
@@ -268,10 +271,7 @@ def train_denoiser(pipe, latents: dict, captions: list[str], config: TrainConfig
         optimizer.param_groups[1]["lr"] = stage.text_lr * warmup * decay
         prediction = unet(noisy, timesteps, encoder_hidden_states=text_encoder(ids)[0]).sample
         errors = F.mse_loss(prediction, noise, reduction="none").mean((1, 2, 3))
-        if stage.weight_cap > 0:
-            alphas_cumprod = noise_schedule.alphas_cumprod.to(config.device)[timesteps]
-            errors = errors * (1 / alphas_cumprod).clamp(max=stage.weight_cap)
-        loss = errors.mean()
+        loss = errors.mean() if weights is None else (errors * weights[timesteps]).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_([*unet.parameters(), *text_encoder.parameters()], 1.0)
