@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 import numpy as np
+import pytest
 import torch
 
 from sweeplab.toy.scenes import COLOURS, caption, random_scene, render
@@ -49,3 +50,24 @@ def test_training_writes_a_pipeline_and_resumes(tmp_path):
     after = {"unet": repaired.unet.state_dict(), "text": repaired.text_encoder.state_dict()}
     assert any(not torch.equal(before["unet"][k], after["unet"][k]) for k in before["unet"])  # trained further
     assert all(torch.equal(before["text"][k], after["text"][k]) for k in before["text"])  # text encoder frozen
+
+
+def test_a_reused_vae_skips_stage_one_and_v_prediction_ships_in_the_scheduler(tmp_path):
+    from diffusers import AutoencoderKL, LMSDiscreteScheduler, StableDiffusionImg2ImgPipeline
+
+    from sweeplab.toy.build import SHIPPED_DIR
+
+    out = tmp_path / "out"
+    config = TrainConfig(**TINY, vae_steps=2, unet_steps=2, prediction_type="v_prediction", vae_from=str(SHIPPED_DIR))
+    report = train(config, tmp_path / "work", out, resume=False)
+    assert report["stage_seconds"]["vae"] < 5  # loaded, not trained
+    shipped, reused = AutoencoderKL.from_pretrained(SHIPPED_DIR / "vae"), AutoencoderKL.from_pretrained(out / "vae")
+    assert all(torch.equal(value, reused.state_dict()[name]) for name, value in shipped.state_dict().items())
+    pipe = StableDiffusionImg2ImgPipeline.from_pretrained(out)
+    # every sampler swapped in through from_config inherits what the UNet predicts
+    assert LMSDiscreteScheduler.from_config(pipe.scheduler.config).config.prediction_type == "v_prediction"
+
+
+def test_an_unknown_prediction_type_is_refused_in_one_line():
+    with pytest.raises(ValueError, match=r"^prediction_type: 'x0' is not one of epsilon, v_prediction$"):
+        TrainConfig(prediction_type="x0")

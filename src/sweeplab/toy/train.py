@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import DDPMScheduler
+from diffusers import AutoencoderKL, DDPMScheduler
 from tqdm import tqdm
 
 from sweeplab.toy.build import SD15_SCHEDULER_CONFIG, SHIPPED_DIR, build_toy_pipeline, to_tensor, write_latent_rgb
@@ -60,6 +60,11 @@ class TrainConfig:
     # > 0: each sample's epsilon error counts min(1 / alpha_bar, cap) times: once at low noise, as in the plain
     # loss, and up to `cap` times at the noisiest steps, where the caption alone decides the colours.
     loss_weight_cap: float = 0.0
+    # What the UNet predicts: "epsilon" (SD 1.x) or "v_prediction" (SD 2.x). At the noisiest steps an epsilon
+    # error reaches the image multiplied by sigma (up to 14.6), a v error unscaled. The plain v loss is the
+    # epsilon loss weighted by 1 / alpha_bar: the noisiest steps, where only the caption knows the colours,
+    # weigh up to 215 times more, and the low-noise steps as much as before.
+    prediction_type: str = "epsilon"
     noise_offset: float = 0.05  # lets the model change an image's mean colour (dark or bright backgrounds)
     caption_dropout: float = 0.15
     # The repair stage trains only low-noise timesteps, with the text encoder frozen, to sharpen the denoising
@@ -67,8 +72,17 @@ class TrainConfig:
     repair_steps: int = 0
     repair_max_timestep: int = 300
     repair_lr: float = 2e-4
+    # A trained pipeline folder whose VAE is reused instead of running stage 1 (the UNet stages are unchanged).
+    vae_from: str = ""
     checkpoint_every: int = 250
     device: str = "cuda" if torch.cuda.is_available() else "cpu"
+
+    def __post_init__(self):
+        if self.prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"prediction_type: {self.prediction_type!r} is not one of {', '.join(PREDICTION_TYPES)}")
+
+
+PREDICTION_TYPES = ("epsilon", "v_prediction")
 
 
 def build_dataset(config: TrainConfig, folder: Path) -> dict:
@@ -212,7 +226,7 @@ class DenoisingStage:
     warmup: int
     seed: int
     max_timestep: int = 1000  # timesteps are drawn from [0, max_timestep)
-    weight_cap: float = 0.0  # > 0: each sample's epsilon error counts min(1 / alpha_bar, cap) times
+    weight_cap: float = 0.0  # > 0: each sample's error counts min(1 / alpha_bar, cap) times, in epsilon terms
 
 
 def denoising_stages(config: TrainConfig) -> list[DenoisingStage]:
@@ -246,9 +260,13 @@ def train_denoiser(pipe, latents: dict, captions: list[str], config: TrainConfig
     tokens = tokenizer(captions + [""], padding="max_length", truncation=True, return_tensors="pt").input_ids
     tokens = tokens.to(config.device)
     empty = len(captions)
-    weights = None  # per timestep, on the epsilon error; None: the plain loss
+    weights = None  # per timestep; None: the plain loss
     if stage.weight_cap > 0:
-        weights = (1 / noise_schedule.alphas_cumprod).clamp(max=stage.weight_cap).to(config.device)
+        alphas_cumprod = noise_schedule.alphas_cumprod
+        weights = (1 / alphas_cumprod).clamp(max=stage.weight_cap)
+        if config.prediction_type == "v_prediction":  # a v error is the epsilon error / sqrt(alpha_bar)
+            weights = weights * alphas_cumprod
+        weights = weights.to(config.device)
     generator = np.random.default_rng(stage.seed + start)
     torch_generator = torch.Generator().manual_seed(stage.seed + 1 + start)
     progress = tqdm(range(start, stage.steps), desc=stage.name, initial=start, total=stage.steps)
@@ -270,7 +288,8 @@ def train_denoiser(pipe, latents: dict, captions: list[str], config: TrainConfig
         optimizer.param_groups[0]["lr"] = stage.unet_lr * warmup * decay
         optimizer.param_groups[1]["lr"] = stage.text_lr * warmup * decay
         prediction = unet(noisy, timesteps, encoder_hidden_states=text_encoder(ids)[0]).sample
-        errors = F.mse_loss(prediction, noise, reduction="none").mean((1, 2, 3))
+        target = noise if config.prediction_type == "epsilon" else noise_schedule.get_velocity(clean, noise, timesteps)
+        errors = F.mse_loss(prediction, target, reduction="none").mean((1, 2, 3))
         loss = errors.mean() if weights is None else (errors * weights[timesteps]).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -299,11 +318,13 @@ def train(config: TrainConfig, workdir: Path, out: Path, resume: bool) -> dict:
     data = build_dataset(config, workdir)
     pipe = build_toy_pipeline(config.seed).to(config.device)
     lap("dataset")
-    if state is None or state["stage"] == "vae":
+    if state is None and config.vae_from:
+        pipe.vae.load_state_dict(AutoencoderKL.from_pretrained(config.vae_from, subfolder="vae").state_dict())
+        keep_vae(pipe.vae, workdir)
+    elif state is None or state["stage"] == "vae":
         train_vae(pipe, data, config, checkpoint, state)
         state = None
-        torch.save(pipe.vae.state_dict(), workdir / "vae.pt")
-        (workdir / "latents.pt").unlink(missing_ok=True)
+        keep_vae(pipe.vae, workdir)
     else:
         pipe.vae.load_state_dict(torch.load(workdir / "vae.pt", map_location=config.device))
     lap("vae")
@@ -317,11 +338,18 @@ def train(config: TrainConfig, workdir: Path, out: Path, resume: bool) -> dict:
                        state if state and state["stage"] == stage.name else None)
         lap(stage.name)
     pipe.to("cpu")
+    pipe.scheduler.register_to_config(prediction_type=config.prediction_type)
     report = save_trained(pipe, out)
     report.update(config=asdict(config), seconds=round(time.perf_counter() - started), stage_seconds=seconds,
                   resumed_from=resumed_from, machine=machine_description(config.device))
     (out / "training.json").write_text(json.dumps(report, indent=2, sort_keys=True))
     return report
+
+
+def keep_vae(vae, workdir: Path) -> None:
+    """The VAE the UNet stages encode with, kept for resumes; latents of any earlier VAE are stale."""
+    torch.save(vae.state_dict(), workdir / "vae.pt")
+    (workdir / "latents.pt").unlink(missing_ok=True)
 
 
 def machine_description(device: str) -> str:
