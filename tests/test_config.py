@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import inspect
 
-import diffusers
 import pytest
 
 from sweeplab.cli import group_options, preflight
 from sweeplab.errors import ConfigError
+from sweeplab.samplers import scheduler_class
 from sweeplab.trial import prepare_trial
 
 SAMPLERS = ["ddim", "plms", "k_lms", "k_euler", "k_euler_a", "k_heun", "k_dpm_2", "k_dpm_2_a", "k_dpmpp_2m", "unipc"]
@@ -28,7 +28,7 @@ def test_every_required_sampler_and_model_exists():
 
 @pytest.mark.parametrize("name", SAMPLERS)
 def test_karras_variant_exists_exactly_where_the_scheduler_supports_it(compose_config, name):
-    cls = getattr(diffusers, compose_config(f"sampler={name}").sampler.scheduler)
+    cls = scheduler_class(compose_config(f"sampler={name}").sampler.scheduler)
     supports = "use_karras_sigmas" in inspect.signature(cls.__init__).parameters
     assert (f"{name}_karras" in group_options("sampler")) == supports
     if supports:

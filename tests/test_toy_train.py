@@ -12,7 +12,7 @@ from sweeplab.toy.scenes import COLOURS, caption, random_scene, render
 from sweeplab.toy.train import Checkpoint, TrainConfig, train
 
 TINY = dict(scenes=6, image_size=64, vae_crop=32, vae_batch=2, vae_whole_steps=1, vae_whole_pixels=4096,
-            unet_sizes="32,64", unet_latent_pixels=32,
+            unet_sizes="32,64", unet_latent_pixels=32, repair_steps=0,
             checkpoint_every=1, device="cpu")
 
 
@@ -43,7 +43,7 @@ def test_training_writes_a_pipeline_and_resumes(tmp_path):
     pipe = StableDiffusionImg2ImgPipeline.from_pretrained(out)
     assert pipe.vae.config.scaling_factor > 0 and (out / "latent_rgb.json").is_file()
     before = {name: module.state_dict() for name, module in (("unet", pipe.unet), ("text", pipe.text_encoder))}
-    train(TrainConfig(**TINY, vae_steps=2, unet_steps=2, repair_steps=3), work, out, resume=True)
+    train(TrainConfig(**{**TINY, "repair_steps": 3}, vae_steps=2, unet_steps=2), work, out, resume=True)
     state = Checkpoint(work).load()
     assert (state["stage"], state["step"]) == ("repair", 3)
     repaired = StableDiffusionImg2ImgPipeline.from_pretrained(out)
@@ -52,13 +52,13 @@ def test_training_writes_a_pipeline_and_resumes(tmp_path):
     assert all(torch.equal(before["text"][k], after["text"][k]) for k in before["text"])  # text encoder frozen
 
 
-def test_a_reused_vae_skips_stage_one_and_v_prediction_ships_in_the_scheduler(tmp_path):
+def test_a_reused_vae_skips_stage_one_and_the_prediction_type_ships_in_the_scheduler(tmp_path):
     from diffusers import AutoencoderKL, LMSDiscreteScheduler, StableDiffusionImg2ImgPipeline
 
     from sweeplab.toy.build import SHIPPED_DIR
 
     out = tmp_path / "out"
-    config = TrainConfig(**TINY, vae_steps=2, unet_steps=2, prediction_type="v_prediction", vae_from=str(SHIPPED_DIR))
+    config = TrainConfig(**TINY, vae_steps=2, unet_steps=2, vae_from=str(SHIPPED_DIR))
     report = train(config, tmp_path / "work", out, resume=False)
     assert report["stage_seconds"]["vae"] < 5  # loaded, not trained
     shipped, reused = AutoencoderKL.from_pretrained(SHIPPED_DIR / "vae"), AutoencoderKL.from_pretrained(out / "vae")

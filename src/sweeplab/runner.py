@@ -90,10 +90,9 @@ class _UnetEvalCounter:
 
 def swap_scheduler(loaded: LoadedModel, scheduler: str, options: dict):
     """A fresh scheduler of the trial's class, built from the model's own scheduler config."""
-    import diffusers
+    from sweeplab.samplers import scheduler_class
 
-    cls = getattr(diffusers, scheduler)
-    return cls.from_config(loaded.scheduler_config, **options)
+    return scheduler_class(scheduler).from_config(loaded.scheduler_config, **options)
 
 
 def truncation_warnings(tokenizer, **prompts: str) -> list[str]:

@@ -35,7 +35,7 @@ class ModelConfig:
 @dataclass
 class SamplerConfig:
     name: str = "k_lms"
-    scheduler: str = "LMSDiscreteScheduler"  # a diffusers scheduler class
+    scheduler: str = "KDiffusionLMSScheduler"  # a scheduler class: sweeplab.samplers' or diffusers'
     options: dict[str, Any] = field(default_factory=dict)  # passed to Scheduler.from_config
 
 

@@ -250,13 +250,12 @@ def _min_steps_for_one(strength: float) -> int:
 
 
 def _check_sampler(conf: SweeplabConfig) -> dict:
-    """The scheduler class must exist in diffusers and accept every option given."""
-    import diffusers
-    from diffusers import SchedulerMixin
+    """The scheduler class must exist (sweeplab's or diffusers') and accept every option given."""
+    from sweeplab.samplers import scheduler_class
 
-    cls = getattr(diffusers, conf.sampler.scheduler, None)
-    if not (inspect.isclass(cls) and issubclass(cls, SchedulerMixin)):
-        raise ConfigError(f"sampler.scheduler: '{conf.sampler.scheduler}' is not a diffusers scheduler class")
+    cls = scheduler_class(conf.sampler.scheduler)
+    if cls is None:
+        raise ConfigError(f"sampler.scheduler: '{conf.sampler.scheduler}' is not a diffusers or sweeplab scheduler class")
     accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
     for option in conf.sampler.options:
         if option not in accepted:

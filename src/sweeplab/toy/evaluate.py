@@ -30,10 +30,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import LMSDiscreteScheduler, StableDiffusionImg2ImgPipeline
+from diffusers import StableDiffusionImg2ImgPipeline
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
+from sweeplab.samplers import KDiffusionLMSScheduler
 from sweeplab.toy.build import to_tensor
 from sweeplab.toy.scenes import COLOURS, SHAPES, Scene, caption, random_scene, render
 
@@ -90,7 +91,7 @@ def load_toy_pipeline(folder: str | Path | None = None) -> StableDiffusionImg2Im
     from sweeplab.toy import toy_model_dir
 
     pipe = StableDiffusionImg2ImgPipeline.from_pretrained(folder or toy_model_dir())
-    pipe.scheduler = LMSDiscreteScheduler.from_config(pipe.scheduler.config)
+    pipe.scheduler = KDiffusionLMSScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
