@@ -1,7 +1,8 @@
 """Build and locate the embedded ``toy`` model.
 
 The toy model has Stable Diffusion 1.x's architecture (VAE with 8x downsampling,
-cross-attention UNet, CLIP text encoder, SD 1.5 scheduler) at a tiny size, so sweeps,
+cross-attention UNet, CLIP text encoder, SD 1.5's noise schedule; the trained UNet predicts v as
+SD 2.x does) at a tiny size, so sweeps,
 tests and demos run end to end on a laptop CPU without any download. `build_toy_pipeline`
 makes it with random weights (the starting point of `sweeplab.toy.train`); the trained
 weights ship in the package (`SHIPPED_DIR`) and load with the ordinary ``from_pretrained``
