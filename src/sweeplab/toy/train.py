@@ -13,8 +13,8 @@ noisiest steps, the only ones where the caption alone decides the colours, up to
 the epsilon loss does (the epsilon loss weighs the x0 error by the SNR, 0.005 at t=999); a repair
 stage then trains only low-noise timesteps, with the text encoder frozen, for the denoising that
 low-strength img2img runs take. `--prediction-type epsilon --repair-steps 0 --text-lr 3e-4
---unet-steps 5500` is the SD 1.x-style recipe of the model shipped before; `--loss-weight-cap C` weighs each sample's error by
-min(1 / alpha_bar, C) in epsilon terms. See reports/toy-model/loss-weighting for what these did.
+--unet-steps 5500` is the SD 1.x-style recipe of the model shipped before; `--loss-weight-cap C`
+weighs each sample's error by min(1 / alpha_bar, C) in epsilon terms. See reports/toy-model/loss-weighting for what these did.
 Everything is seeded: the same seed gives the same dataset and the same sequence of batches.
 The result is written in diffusers format with a fitted latent->RGB map (by default into the
 folder the project ships).
@@ -58,8 +58,8 @@ class TrainConfig:
     unet_steps: int = 5000  # the shipped weights' count
     unet_lr: float = 5e-4
     text_lr: float = 1e-3  # 3e-4 bound colours less (reports/toy-model/loss-weighting)
-    # > 0: each sample's error, in epsilon terms whatever the UNet predicts, counts min(1 / alpha_bar, cap) times:
-    # once at low noise, as in the plain epsilon loss, and up to `cap` times at the noisiest steps, where the caption alone decides the colours.
+    # > 0: each sample's error, in epsilon terms whatever the UNet predicts, counts min(1 / alpha_bar, cap)
+    # times: once at low noise, as in the plain epsilon loss, and up to `cap` times at the noisiest steps.
     loss_weight_cap: float = 0.0
     # What the UNet predicts: "epsilon" (SD 1.x) or "v_prediction" (SD 2.x). At the noisiest steps an epsilon
     # error reaches the image multiplied by sigma (up to 14.6), a v error unscaled. The plain v loss is the
