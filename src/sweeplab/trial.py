@@ -255,7 +255,8 @@ def _check_sampler(conf: SweeplabConfig) -> dict:
 
     cls = scheduler_class(conf.sampler.scheduler)
     if cls is None:
-        raise ConfigError(f"sampler.scheduler: '{conf.sampler.scheduler}' is not a diffusers or sweeplab scheduler class")
+        raise ConfigError(
+            f"sampler.scheduler: '{conf.sampler.scheduler}' is not a diffusers or sweeplab scheduler class")
     accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
     for option in conf.sampler.options:
         if option not in accepted:

@@ -14,7 +14,8 @@ the epsilon loss does (the epsilon loss weighs the x0 error by the SNR, 0.005 at
 stage then trains only low-noise timesteps, with the text encoder frozen, for the denoising that
 low-strength img2img runs take. `--prediction-type epsilon --repair-steps 0 --text-lr 3e-4
 --unet-steps 5500` is the SD 1.x-style recipe of the model shipped before; `--loss-weight-cap C`
-weighs each sample's error by min(1 / alpha_bar, C) in epsilon terms. See reports/toy-model/loss-weighting for what these did.
+weighs each sample's error by min(1 / alpha_bar, C) in epsilon terms. See
+reports/toy-model/loss-weighting for what these did.
 Everything is seeded: the same seed gives the same dataset and the same sequence of batches.
 The result is written in diffusers format with a fitted latent->RGB map (by default into the
 folder the project ships).
