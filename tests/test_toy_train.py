@@ -59,8 +59,8 @@ def test_a_reused_vae_skips_stage_one_and_the_prediction_type_ships_in_the_sched
 
     out = tmp_path / "out"
     config = TrainConfig(**TINY, vae_steps=2, unet_steps=2, vae_from=str(SHIPPED_DIR))
-    report = train(config, tmp_path / "work", out, resume=False)
-    assert report["stage_seconds"]["vae"] < 5  # loaded, not trained
+    train(config, tmp_path / "work", out, resume=False)
+    # loaded, not trained: two VAE steps at lr 1e-3 would change the weights compared below
     shipped, reused = AutoencoderKL.from_pretrained(SHIPPED_DIR / "vae"), AutoencoderKL.from_pretrained(out / "vae")
     assert all(torch.equal(value, reused.state_dict()[name]) for name, value in shipped.state_dict().items())
     pipe = StableDiffusionImg2ImgPipeline.from_pretrained(out)

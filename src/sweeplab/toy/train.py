@@ -43,6 +43,9 @@ from sweeplab.toy.scenes import caption, random_scene, render
 from sweeplab.toy.tokenizer import write_vocab
 
 
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+
+
 @dataclass
 class TrainConfig:
     seed: int = 0
@@ -82,9 +85,6 @@ class TrainConfig:
     def __post_init__(self):
         if self.prediction_type not in PREDICTION_TYPES:
             raise ValueError(f"prediction_type: {self.prediction_type!r} is not one of {', '.join(PREDICTION_TYPES)}")
-
-
-PREDICTION_TYPES = ("epsilon", "v_prediction")
 
 
 def build_dataset(config: TrainConfig, folder: Path) -> dict:
