@@ -42,14 +42,27 @@ def test_training_writes_a_pipeline_and_resumes(tmp_path):
     assert report["weights_bytes"] < 20 * 1024 * 1024
     pipe = StableDiffusionImg2ImgPipeline.from_pretrained(out)
     assert pipe.vae.config.scaling_factor > 0 and (out / "latent_rgb.json").is_file()
-    before = {name: module.state_dict() for name, module in (("unet", pipe.unet), ("text", pipe.text_encoder))}
+    before = state["modules"]  # the last step's weights
     train(TrainConfig(**{**TINY, "repair_steps": 3}, vae_steps=2, unet_steps=2), work, out, resume=True)
     state = Checkpoint(work).load()
     assert (state["stage"], state["step"]) == ("repair", 3)
-    repaired = StableDiffusionImg2ImgPipeline.from_pretrained(out)
-    after = {"unet": repaired.unet.state_dict(), "text": repaired.text_encoder.state_dict()}
+    after = state["modules"]
     assert any(not torch.equal(before["unet"][k], after["unet"][k]) for k in before["unet"])  # trained further
-    assert all(torch.equal(before["text"][k], after["text"][k]) for k in before["text"])  # text encoder frozen
+    assert all(torch.equal(v, after["text_encoder"][k]) for k, v in before["text_encoder"].items())  # frozen
+    assert after["average"]["optimization_step"] == 5  # the average went on over the resumed stage
+
+
+def test_the_weights_written_are_the_average_over_the_steps_not_the_last_step(tmp_path):
+    from diffusers import UNet2DConditionModel
+
+    work, out = tmp_path / "work", tmp_path / "out"
+    train(TrainConfig(**TINY, vae_steps=2, unet_steps=3), work, out, resume=False)
+    state = Checkpoint(work).load()
+    written = UNet2DConditionModel.from_pretrained(out, subfolder="unet")
+    average = state["modules"]["average"]["shadow_params"]  # the UNet's parameters, then the text encoder's
+    assert all(torch.equal(value, averaged) for value, averaged in zip(written.parameters(), average))
+    last = state["modules"]["unet"]
+    assert any(not torch.equal(value, last[name]) for name, value in written.named_parameters())
 
 
 def test_a_reused_vae_skips_stage_one_and_the_prediction_type_ships_in_the_scheduler(tmp_path):

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler
+from diffusers.training_utils import EMAModel
 from tqdm import tqdm
 
 from sweeplab.toy.build import SD15_SCHEDULER_CONFIG, SHIPPED_DIR, build_toy_pipeline, to_tensor, write_latent_rgb
@@ -59,7 +60,7 @@ class TrainConfig:
     vae_lr: float = 1e-3
     unet_sizes: str = "128,256,384"  # image sizes the UNet trains at, one per batch
     unet_latent_pixels: int = 18432  # latent pixels per batch: 72 scenes at 128 px, 8 at 384 px
-    unet_steps: int = 5000  # the shipped weights' count
+    unet_steps: int = 4000
     unet_lr: float = 5e-4
     text_lr: float = 1e-3  # 3e-4 bound colours less (reports/toy-model/loss-weighting)
     # > 0: each sample's error, in epsilon terms whatever the UNet predicts, counts min(1 / alpha_bar, cap)
@@ -74,11 +75,15 @@ class TrainConfig:
     caption_dropout: float = 0.15
     # The repair stage trains only low-noise timesteps, with the text encoder frozen, to sharpen the denoising
     # that low-strength img2img runs take.
-    repair_steps: int = 2500
+    repair_steps: int = 1500
     repair_max_timestep: int = 300
     repair_lr: float = 4e-4
     # A trained pipeline folder whose VAE is reused instead of running stage 1 (the UNet stages are unchanged).
     vae_from: str = ""
+    # > 0: the weights written are an exponential moving average of the UNet's and the text encoder's over the
+    # denoising stages (diffusers' EMAModel, whose warm-up keeps the average to about the last tenth of the steps),
+    # not the last step's, which carry that step's gradient noise.
+    ema_decay: float = 0.999
     checkpoint_every: int = 250
     device: str = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -242,8 +247,8 @@ def denoising_stages(config: TrainConfig) -> list[DenoisingStage]:
 
 
 def train_denoiser(pipe, latents: dict, captions: list[str], config: TrainConfig, stage: DenoisingStage,
-                   checkpoint: Checkpoint, state: dict | None) -> None:
-    """Denoising training with caption dropout; the weights written are the last step's."""
+                   checkpoint: Checkpoint, state: dict | None, average: EMAModel | None) -> None:
+    """Denoising training with caption dropout, updating the weight average after every step."""
     unet, text_encoder, tokenizer = pipe.unet.train(), pipe.text_encoder.train(), pipe.tokenizer
     text_encoder.requires_grad_(stage.text_lr > 0)
     noise_schedule = DDPMScheduler.from_config(SD15_SCHEDULER_CONFIG)
@@ -257,7 +262,8 @@ def train_denoiser(pipe, latents: dict, captions: list[str], config: TrainConfig
         text_encoder.load_state_dict(state["modules"]["text_encoder"])
         optimizer.load_state_dict(state["optimizer"])
         start = state["step"]
-    modules = {"unet": unet, "text_encoder": text_encoder}
+    modules = {"unet": unet, "text_encoder": text_encoder, **({"average": average} if average else {})}
+    parameters = [*unet.parameters(), *text_encoder.parameters()]
     sizes = sorted(latents)
     tokens = tokenizer(captions + [""], padding="max_length", truncation=True, return_tensors="pt").input_ids
     tokens = tokens.to(config.device)
@@ -297,6 +303,8 @@ def train_denoiser(pipe, latents: dict, captions: list[str], config: TrainConfig
         loss.backward()
         torch.nn.utils.clip_grad_norm_([*unet.parameters(), *text_encoder.parameters()], 1.0)
         optimizer.step()
+        if average:
+            average.step(parameters)
         progress.set_postfix(loss=f"{loss.item():.4f}", size=bucket.shape[-1] * 8)
         if (step + 1) % config.checkpoint_every == 0:
             checkpoint.save(stage.name, step + 1, modules, optimizer)
@@ -333,12 +341,18 @@ def train(config: TrainConfig, workdir: Path, out: Path, resume: bool) -> dict:
     latents, scaling = cached_latents(pipe.vae, data["photos"], unet_sizes(config), workdir / "latents.pt")
     pipe.vae.register_to_config(scaling_factor=scaling)
     lap("latents")
+    denoiser = [*pipe.unet.parameters(), *pipe.text_encoder.parameters()]
+    average = EMAModel(denoiser, decay=config.ema_decay, foreach=True) if config.ema_decay > 0 else None
+    if average and state:  # a denoising stage's checkpoint (a VAE one was cleared above)
+        average.load_state_dict(state["modules"]["average"])
     for stage in denoising_stages(config):
         if stage.steps == 0 or state and STAGES.index(state["stage"]) > STAGES.index(stage.name):
             continue  # off, or finished before the resume (its weights come with the later stage's checkpoint)
         train_denoiser(pipe, latents, data["captions"], config, stage, checkpoint,
-                       state if state and state["stage"] == stage.name else None)
+                       state if state and state["stage"] == stage.name else None, average)
         lap(stage.name)
+    if average:
+        average.copy_to(denoiser)
     pipe.to("cpu")
     pipe.scheduler.register_to_config(prediction_type=config.prediction_type)
     report = save_trained(pipe, out)
