@@ -1,6 +1,6 @@
 # Two commands: `make demo` (set up and run a demo sweep) and `make test`;
 # `make figures` regenerates reports/invokeai_img2img/ (the InvokeAI img2img doc's figures);
-# `make toy-train` retrains the shipped toy model (about 101 minutes on 2 CPU cores), `make toy-eval` measures it.
+# `make toy-train` retrains the shipped toy model (79 minutes on 2 CPU cores), `make toy-eval` measures it.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python

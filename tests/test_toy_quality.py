@@ -50,10 +50,8 @@ def test_vae_round_trip_psnr_is_at_least_24_db(pipe):
     assert psnr_db["all"] >= 24, psnr_db
 
 
-@pytest.mark.xfail(strict=True, reason="issue 5 open: the shipped toy model reaches 78% on these 64 cases "
-                   "(77.3% over 256); the target is 80%")
 def test_the_prompt_decides_the_colour_at_strength_1(pipe):
-    # 64 cases, the issue's count: over 16 a share's standard error is 10 points, and 13 of 16 passed
+    # 64 cases, the issue's count: over 16 a share's standard error is 10 points
     adherence, misses, _ = colour_adherence(pipe, replace(SUBSET, colour_samples=64))
     assert adherence >= 0.8, misses
 

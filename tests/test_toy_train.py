@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -35,7 +36,8 @@ def test_training_writes_a_pipeline_and_resumes(tmp_path):
     from diffusers import StableDiffusionImg2ImgPipeline
 
     work, out = tmp_path / "work", tmp_path / "out"
-    report = train(TrainConfig(**TINY, vae_steps=2, unet_steps=2, loss_weight_cap=20.0), work, out, resume=False)
+    first = TrainConfig(**TINY, vae_steps=2, unet_steps=2, loss_weight_cap=20.0, ema_decay=0.999)
+    report = train(first, work, out, resume=False)
     state = Checkpoint(work).load()
     assert (state["stage"], state["step"]) == ("unet", 2)
     assert list(report["stage_seconds"]) == ["dataset", "vae", "latents", "unet"]  # no repair steps: no stage
@@ -43,7 +45,7 @@ def test_training_writes_a_pipeline_and_resumes(tmp_path):
     pipe = StableDiffusionImg2ImgPipeline.from_pretrained(out)
     assert pipe.vae.config.scaling_factor > 0 and (out / "latent_rgb.json").is_file()
     before = state["modules"]  # the last step's weights
-    train(TrainConfig(**{**TINY, "repair_steps": 3}, vae_steps=2, unet_steps=2), work, out, resume=True)
+    train(replace(first, repair_steps=3), work, out, resume=True)
     state = Checkpoint(work).load()
     assert (state["stage"], state["step"]) == ("repair", 3)
     after = state["modules"]
@@ -52,17 +54,22 @@ def test_training_writes_a_pipeline_and_resumes(tmp_path):
     assert after["average"]["optimization_step"] == 5  # the average went on over the resumed stage
 
 
-def test_the_weights_written_are_the_average_over_the_steps_not_the_last_step(tmp_path):
+@pytest.mark.parametrize("ema_decay", [0.0, 0.999])
+def test_the_weights_written_are_the_last_steps_or_their_average(tmp_path, ema_decay):
     from diffusers import UNet2DConditionModel
 
     work, out = tmp_path / "work", tmp_path / "out"
-    train(TrainConfig(**TINY, vae_steps=2, unet_steps=3), work, out, resume=False)
+    train(TrainConfig(**TINY, vae_steps=2, unet_steps=3, ema_decay=ema_decay), work, out, resume=False)
     state = Checkpoint(work).load()
     written = UNet2DConditionModel.from_pretrained(out, subfolder="unet")
-    average = state["modules"]["average"]["shadow_params"]  # the UNet's parameters, then the text encoder's
-    assert all(torch.equal(value, averaged) for value, averaged in zip(written.parameters(), average))
     last = state["modules"]["unet"]
-    assert any(not torch.equal(value, last[name]) for name, value in written.named_parameters())
+    as_last = [torch.equal(value, last[name]) for name, value in written.named_parameters()]
+    if ema_decay == 0:
+        assert all(as_last) and "average" not in state["modules"]
+    else:
+        assert not all(as_last)
+        average = state["modules"]["average"]["shadow_params"]  # the UNet's parameters, then the text encoder's
+        assert all(torch.equal(value, averaged) for value, averaged in zip(written.parameters(), average))
 
 
 def test_a_reused_vae_skips_stage_one_and_the_prediction_type_ships_in_the_scheduler(tmp_path):
