@@ -302,7 +302,7 @@ def train_denoiser(pipe, latents: dict, captions: list[str], config: TrainConfig
         loss = errors.mean() if weights is None else (errors * weights[timesteps]).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_([*unet.parameters(), *text_encoder.parameters()], 1.0)
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
         optimizer.step()
         if average:
             average.step(parameters)
