@@ -162,6 +162,8 @@ def _running_children(folder: Path) -> int:
             return db.execute(query).fetchone()[0]
     except sqlite3.OperationalError:  # tables not created yet
         return 0
+
+
 def test_iterations_feed_each_output_into_the_next_trial(sweeplab_cli, tmp_path):
     done = sweeplab_cli("iterations=3", "steps=4", "strength=0.5", "width=128", "height=128",
                         "tracking.log_step_images=false")

@@ -4,6 +4,10 @@ SIGINT (Ctrl-C), SIGTERM (kill, `scancel`, a SLURM time limit) and the pre-empti
 submitit asks SLURM for (SIGUSR2 before the time limit) would otherwise end a process with
 its runs left RUNNING forever. The SLURM signal keeps submitit's own handler, which
 checkpoints and requeues the job, but only after the run is closed: the requeue kills the task.
+
+An exception raised in the middle of an MLflow write can leave the SQLite store locked, so
+the runs could no longer be closed; tracker calls therefore run inside `critical()`, which
+raises the interruption when the call returns. A second Ctrl-C forces it through at once.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import threading
 
 received: str | None = None  # the name of the first signal that interrupted this process
 _deferred: tuple | None = None  # (handler, signum, frame) still to run after the runs are closed
-_in_critical = False
+_critical_depth = 0  # how many `critical()` blocks the main thread is inside
 _postponed: int | None = None  # a signal that arrived inside `critical()`
 
 
@@ -25,22 +29,24 @@ class Interrupted(KeyboardInterrupt):
 def _raise_interrupted(signum, frame) -> None:
     global received, _postponed
     received = received or signal.Signals(signum).name
-    if _in_critical:
-        _postponed = signum
+    forced = _postponed == signal.SIGINT and signum == signal.SIGINT  # Ctrl-C pressed twice
+    if _critical_depth and not forced:
+        _postponed = _postponed or signum
         return
+    _postponed = None
     raise Interrupted(signal.Signals(signum).name)
 
 
 @contextlib.contextmanager
 def critical():
-    """Postpone an interruption until the block ends, e.g. while a run is created and its id unknown."""
-    global _in_critical, _postponed
-    _in_critical = True
+    """Postpone an interruption until the outermost block ends, e.g. a store write; also a decorator."""
+    global _critical_depth, _postponed
+    _critical_depth += 1
     try:
         yield
     finally:
-        _in_critical = False
-        if _postponed is not None:
+        _critical_depth -= 1
+        if not _critical_depth and _postponed is not None:
             signum, _postponed = _postponed, None
             raise Interrupted(signal.Signals(signum).name)
 

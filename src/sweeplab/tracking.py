@@ -62,7 +62,11 @@ def _sqlite_artifact_root(uri: str, name: str) -> str | None:
 
 
 class MlflowTracker:
-    """Writes trials to one MLflow experiment through an explicit MlflowClient."""
+    """Writes trials to one MLflow experiment through an explicit MlflowClient.
+
+    Every method that touches the store is `interrupts.critical`: a signal is raised when the
+    call returns, never inside it, where it could leave a SQLite store locked for the closing.
+    """
 
     def __init__(self, uri: str, experiment: str):
         from mlflow import MlflowClient
@@ -76,6 +80,7 @@ class MlflowTracker:
     def from_config(cls, cfg: DictConfig) -> "MlflowTracker":
         return cls(resolve_tracking_uri(cfg.tracking.get("uri")), experiment_name(cfg))
 
+    @interrupts.critical()
     def _ensure_experiment(self, name: str) -> str:
         from mlflow.exceptions import MlflowException
 
@@ -87,6 +92,7 @@ class MlflowTracker:
         except MlflowException:  # created meanwhile by another process
             return self.client.get_experiment_by_name(name).experiment_id
 
+    @interrupts.critical()
     def start_run(self, run_name: str, params: dict[str, str], tags: dict[str, str], parent_run_id: str | None) -> str:
         """Create a RUNNING run with its params up front, so a failure still shows what was tried."""
         from mlflow.entities import Param
@@ -94,12 +100,12 @@ class MlflowTracker:
         params, tags = redact(params), redact(tags)
         if parent_run_id:
             tags = {**tags, "mlflow.parentRunId": parent_run_id}
-        with interrupts.critical():  # an interruption now would leave a RUNNING run nobody knows
-            run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
-            self.open_runs.add(run.info.run_id)
+        run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
+        self.open_runs.add(run.info.run_id)  # in the same critical call: no RUNNING run goes unknown
         self.client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
         return run.info.run_id
 
+    @interrupts.critical()
     def finished_run(self, config_hash: str):
         """A FINISHED run of the same trial in this experiment, or None."""
         found = self.client.search_runs(
@@ -109,10 +115,12 @@ class MlflowTracker:
         )
         return found[0] if found else None
 
+    @interrupts.critical()
     def record_skip(self, parent_run_id: str, config_hash: str, finished_run_id: str) -> None:
         """Note on the sweep's parent run which trial was skipped and where its result is."""
         self.client.set_tag(parent_run_id, SKIPPED_TAG_PREFIX + config_hash, finished_run_id)
 
+    @interrupts.critical()
     def log_trial_result(self, run_id: str, result, config: dict, log_step_images: bool) -> None:
         """Metrics, artifacts (with the trial's config, secrets redacted) and per-step previews."""
         from mlflow.entities import Metric
@@ -143,17 +151,23 @@ class MlflowTracker:
             for step, image in enumerate(result.step_images, start=1):
                 self.client.log_image(run_id, image, key=STEP_IMAGE_KEY, step=step)
 
+    @interrupts.critical()
     def end_run(self, run_id: str, status: str = "FINISHED", error: str | None = None) -> None:
         if error:
             self.client.set_tag(run_id, ERROR_TAG, error)
         self.client.set_terminated(run_id, status)
         self.open_runs.discard(run_id)
 
+    @interrupts.critical()
+    def run_tags(self, run_id: str) -> dict[str, str]:
+        return self.client.get_run(run_id).data.tags
+
     def kill_open_runs(self, reason: str) -> None:
         """Close every run this tracker started and did not end, as KILLED."""
         for run_id in sorted(self.open_runs):
             self.end_run(run_id, "KILLED", reason)
 
+    @interrupts.critical()
     def child_runs(self, parent_run_id: str) -> list:
         """Every child run of a sweep, paging past search_runs' 1000-row limit."""
         runs, token = [], None
@@ -237,7 +251,7 @@ class MlflowSweepCallback(Callback):
         from sweeplab import outcome
 
         children = self.tracker.child_runs(self.parent_run_id)
-        parent_tags = self.tracker.client.get_run(self.parent_run_id).data.tags
+        parent_tags = self.tracker.run_tags(self.parent_run_id)
         summary = outcome.SweepSummary.from_runs(children, parent_tags)
         self.tracker.end_run(self.parent_run_id, "FAILED" if summary.failed else "FINISHED")
         atexit.unregister(self._close_unfinished)
