@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
 from dataclasses import replace
 
 import numpy as np
@@ -91,3 +93,16 @@ def test_a_reused_vae_skips_stage_one_and_the_prediction_type_ships_in_the_sched
 def test_an_unknown_prediction_type_is_refused_in_one_line():
     with pytest.raises(ValueError, match=r"^prediction_type: 'x0' is not one of epsilon, v_prediction$"):
         TrainConfig(prediction_type="x0")
+
+
+@pytest.mark.parametrize("ema_decay", [1.0, -0.1])
+def test_an_ema_decay_outside_0_to_1_is_refused_in_one_line(ema_decay):
+    with pytest.raises(ValueError, match=rf"^ema_decay: {ema_decay} is outside \[0, 1\); 0 turns the average off$"):
+        TrainConfig(ema_decay=ema_decay)
+
+
+def test_the_command_line_reports_a_bad_option_in_one_line(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "sweeplab.toy.train", "--workdir", str(tmp_path), "--ema-decay", "1"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1] == "train.py: error: ema_decay: 1.0 is outside [0, 1); 0 turns the average off"

@@ -91,6 +91,8 @@ class TrainConfig:
     def __post_init__(self):
         if self.prediction_type not in PREDICTION_TYPES:
             raise ValueError(f"prediction_type: {self.prediction_type!r} is not one of {', '.join(PREDICTION_TYPES)}")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"ema_decay: {self.ema_decay} is outside [0, 1); 0 turns the average off")
 
 
 def build_dataset(config: TrainConfig, folder: Path) -> dict:
@@ -402,7 +404,10 @@ def main() -> None:
     for name, value in asdict(TrainConfig()).items():
         parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
     args = parser.parse_args()
-    config = TrainConfig(**{name: getattr(args, name) for name in asdict(TrainConfig())})
+    try:
+        config = TrainConfig(**{name: getattr(args, name) for name in asdict(TrainConfig())})
+    except ValueError as err:
+        parser.error(str(err))
     report = train(config, args.workdir, args.out, args.resume)
     print(json.dumps(report, indent=2, sort_keys=True))
 
