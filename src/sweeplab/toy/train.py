@@ -249,6 +249,11 @@ def denoising_stages(config: TrainConfig) -> list[DenoisingStage]:
     ]
 
 
+def denoiser_parameters(pipe) -> list[torch.nn.Parameter]:
+    """The UNet's parameters, then the text encoder's: what is clipped, and averaged in this order."""
+    return [*pipe.unet.parameters(), *pipe.text_encoder.parameters()]
+
+
 def train_denoiser(pipe, latents: dict, captions: list[str], config: TrainConfig, stage: DenoisingStage,
                    checkpoint: Checkpoint, state: dict | None, average: EMAModel | None) -> None:
     """Denoising training with caption dropout, updating the weight average after every step."""
@@ -266,7 +271,7 @@ def train_denoiser(pipe, latents: dict, captions: list[str], config: TrainConfig
         optimizer.load_state_dict(state["optimizer"])
         start = state["step"]
     modules = {"unet": unet, "text_encoder": text_encoder, **({"average": average} if average else {})}
-    parameters = [*unet.parameters(), *text_encoder.parameters()]
+    parameters = denoiser_parameters(pipe)
     sizes = sorted(latents)
     tokens = tokenizer(captions + [""], padding="max_length", truncation=True, return_tensors="pt").input_ids
     tokens = tokens.to(config.device)
@@ -344,7 +349,7 @@ def train(config: TrainConfig, workdir: Path, out: Path, resume: bool) -> dict:
     latents, scaling = cached_latents(pipe.vae, data["photos"], unet_sizes(config), workdir / "latents.pt")
     pipe.vae.register_to_config(scaling_factor=scaling)
     lap("latents")
-    denoiser = [*pipe.unet.parameters(), *pipe.text_encoder.parameters()]
+    denoiser = denoiser_parameters(pipe)
     average = EMAModel(denoiser, decay=config.ema_decay, foreach=True) if config.ema_decay > 0 else None
     if average and state:  # a denoising stage's checkpoint (a VAE one was cleared above)
         average.load_state_dict(state["modules"]["average"])
