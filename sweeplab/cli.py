@@ -27,7 +27,15 @@ log = logging.getLogger("sweeplab")
 # transformers warns about optional image processors that img2img never uses
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-CONF_DIR = Path(os.environ.get("SWEEPLAB_CONFIG_DIR", Path(__file__).resolve().parents[2] / "conf"))
+
+def _conf_dir() -> Path:
+    """conf/ inside the installed package (a wheel), else at the top of the repository (editable install)."""
+    package = Path(__file__).resolve().parent
+    installed = package / "conf"
+    return installed if (installed / "config.yaml").is_file() else package.parent / "conf"
+
+
+CONF_DIR = Path(os.environ.get("SWEEPLAB_CONFIG_DIR") or _conf_dir())
 CONFIG_GROUPS = ("model", "sampler", "tracking", "experiment")
 
 _pipelines = None  # one PipelineCache per process: models load once, not once per trial
