@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import difflib
+import functools
 import logging
 import os
 import signal
@@ -37,8 +38,6 @@ def _conf_dir() -> Path:
 
 CONF_DIR = Path(os.environ.get("SWEEPLAB_CONFIG_DIR") or _conf_dir())
 CONFIG_GROUPS = ("model", "sampler", "tracking", "experiment")
-
-_pipelines = None  # one PipelineCache per process: models load once, not once per trial
 
 
 def main() -> None:
@@ -105,120 +104,28 @@ def hydra_app(cfg: DictConfig) -> None:
 
 
 def run_configured_trial(cfg: DictConfig) -> None:
-    """One Hydra job: validate, skip if done before, run, log.
+    """One Hydra job, run through the sweep engine: a plain run, or a job of another launcher's sweep.
 
-    A failure is recorded and reported, never lost; an interruption (a signal, scancel, a
-    SLURM time limit) closes the run as KILLED and stops the process. With iterations=n the
-    job runs a chain of n trials, each starting from the previous output, each its own
-    MLflow run tagged with the run it continues.
+    `hydra/launcher=sweeplab` (the default for -m) hands the engine every job at once; Hydra's basic,
+    joblib and submitit launchers call this once per job, and models stay loaded for the process.
     """
-    from sweeplab.tracking import PARENT_RUN_ENV, MlflowTracker, overrides_tag
+    from sweeplab.engine import ExecutionSettings, SweepEngine
+    from sweeplab.sweep import ComposedJob
+    from sweeplab.tracking import PARENT_RUN_ENV
 
     interrupts.install()  # again: submitit workers start here, with submitit's own handlers
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
-    job_label = f"#{hydra_cfg.job.num}" if multirun else "run"
-    tracker = MlflowTracker.from_config(cfg)
-    parent = os.environ.get(PARENT_RUN_ENV) if multirun else None
-    config = OmegaConf.to_container(cfg, resolve=True)
-    config.pop("hydra", None)
-    overrides = overrides_tag(hydra_cfg.overrides.task)
-    run_id = previous_run_id = None
-    try:
-        from sweeplab.trial import prepare_trial
-
-        trial = prepare_trial(cfg)
-        if multirun and trial.resume and trial.iterations == 1 and _skip_finished(
-            tracker, trial.spec.config_hash, parent, job_label
-        ):
-            return
-        for iteration in range(trial.iterations):
-            label = job_label if trial.iterations == 1 else f"{job_label}.{iteration}"
-            run_id = _start_trial_run(tracker, trial, overrides, parent, previous_run_id)
-            result = _run_and_log(tracker, run_id, trial, cfg, config, label)
-            previous_run_id, run_id = run_id, None
-            trial = trial.next_iteration(result.output)
-    except Exception as err:  # noqa: BLE001 - every failure must end up in the tracker and the summary
-        message = str(err) if isinstance(err, ConfigError) else f"{type(err).__name__}: {err}"
-        message = message.strip().splitlines()[0] if message.strip() else type(err).__name__
-        print(f"sweeplab: error: trial {job_label} [{overrides}]: {message}" if multirun else f"sweeplab: error: {message}",
-              file=sys.stderr)
-        if not isinstance(err, ConfigError):
-            log.debug("trial failed", exc_info=err)
-        if run_id is None:
-            run_id = tracker.start_run(
-                f"trial {job_label} (invalid)", _raw_params(cfg), {"sweeplab.overrides": overrides}, parent
-            )
-        tracker.end_run(run_id, "FAILED", message)
-        outcome.record_failure(message)
-    except BaseException as err:
-        interrupts.hold()
-        tracker.kill_open_runs(f"interrupted: {err}")  # also a run interrupted while it was being created
-        interrupts.finish()
-        raise
+    job = ComposedJob(hydra_cfg.job.num if multirun else 0, list(hydra_cfg.overrides.task), cfg,
+                      OmegaConf.to_container(hydra_cfg.runtime.choices))
+    engine = SweepEngine(ExecutionSettings(multirun=multirun), models=_process_models(),
+                         parent_run_id=os.environ.get(PARENT_RUN_ENV) if multirun else None)
+    engine.run([job])
 
 
-def _skip_finished(tracker, config_hash: str, parent: str | None, job_label: str) -> bool:
-    """Resume: a trial with a FINISHED run of the same config hash is not run again."""
-    done = tracker.finished_run(config_hash)
-    if done is None:
-        return False
-    if parent:
-        tracker.record_skip(parent, config_hash, done.info.run_id)
-    log.info("trial %s skipped: already FINISHED as run %s (%s); resume=false reruns it",
-             job_label, done.info.run_id, config_hash)
-    return True
-
-
-def _raw_params(cfg: DictConfig) -> dict[str, str]:
-    """What a trial that failed validation asked for, so its FAILED run still shows it."""
-    from sweeplab.trial import PARAM_KEYS
-
-    raw = {key: OmegaConf.select(cfg, key, default=None) for key in PARAM_KEYS}
-    raw["model"] = OmegaConf.select(cfg, "model.name", default=None)
-    raw["sampler"] = OmegaConf.select(cfg, "sampler.name", default=None)
-    return {key: str(value) for key, value in raw.items() if value is not None and not OmegaConf.is_config(value)}
-
-
-def _start_trial_run(tracker, trial, overrides: str, parent: str | None, previous_run_id: str | None) -> str:
-    from sweeplab.tracking import CONFIG_HASH_TAG, device_name, environment_tags
-
-    spec = trial.spec
-    tags = {
-        CONFIG_HASH_TAG: spec.config_hash,
-        "sweeplab.overrides": overrides,
-        "sweeplab.device": device_name(spec.device),
-        "sweeplab.scheduler": spec.scheduler,
-        **environment_tags(),
-    }
-    if trial.prompt_template:
-        tags["sweeplab.prompt_search"], tags["sweeplab.prompt_replace"] = trial.prompt_template
-    if previous_run_id:
-        tags["sweeplab.previous_run_id"] = previous_run_id
-    name = f"{spec.sampler} s{spec.strength} n{spec.steps} seed{spec.seed}"
-    if trial.iterations > 1:
-        name += f" it{spec.iteration}"
-    return tracker.start_run(name, spec.params(), tags, parent)
-
-
-def _run_and_log(tracker, run_id: str, trial, cfg: DictConfig, config: dict, label: str):
-    import torch
-
+@functools.cache
+def _process_models():
+    """One model cache for the life of the process: a launcher that calls once per job loads each model once."""
     from sweeplab.models import PipelineCache
-    from sweeplab.runner import run_trial
 
-    global _pipelines
-    if _pipelines is None:
-        _pipelines = PipelineCache()
-    spec = trial.spec
-    loaded = _pipelines.get(spec.model_source, spec.device, getattr(torch, spec.dtype))
-    result = run_trial(trial, loaded, progress_desc=f"trial {label}")
-    for warning in result.warnings:
-        log.warning("trial %s: %s", label, warning)
-    tracker.log_trial_result(run_id, result, config, cfg.tracking.log_step_images)
-    tracker.end_run(run_id, "FINISHED")
-    log.info(
-        "trial %s: %d steps taken, %d UNet evaluations, %.2f s -> run %s",
-        label, result.steps_taken, result.unet_evals, result.seconds, run_id,
-    )
-    return result
+    return PipelineCache()

@@ -18,7 +18,7 @@ import threading
 
 received: str | None = None  # the name of the first signal that interrupted this process
 _deferred: tuple | None = None  # (handler, signum, frame) still to run after the runs are closed
-_critical_depth = 0  # how many `critical()` blocks the main thread is inside
+_critical_depth = 0  # how many `critical()` blocks the main thread is inside (signals reach no other thread)
 _postponed: int | None = None  # a signal that arrived inside `critical()`
 
 
@@ -39,8 +39,15 @@ def _raise_interrupted(signum, frame) -> None:
 
 @contextlib.contextmanager
 def critical():
-    """Postpone an interruption until the outermost block ends, e.g. a store write; also a decorator."""
+    """Postpone an interruption until the outermost block ends, e.g. a store write; also a decorator.
+
+    Signals reach the main thread only, so only its blocks count: a background writer's store calls
+    neither postpone the main thread's interruption nor raise it in the writer.
+    """
     global _critical_depth, _postponed
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
     _critical_depth += 1
     try:
         yield

@@ -10,6 +10,7 @@ import inspect
 import json
 import logging
 import struct
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -120,20 +121,24 @@ def single_file_is_sdxl(path: str) -> bool:
 
 
 class StartLatentRecorder:
-    """Mixin for diffusers pipelines: keeps the latent `prepare_latents` returns (the noised
-    init image the denoiser starts from) and applies a seed variation to its noise."""
+    """Mixin for diffusers pipelines: keeps the latents `prepare_latents` returns (the noised
+    init images the denoiser starts from) and applies seed variations to their noise."""
 
-    recorded_start_latent: torch.Tensor | None = None
-    noise_variation = None  # a sweeplab.noise.NoiseVariation for the next call, or None
+    recorded_start_latent: torch.Tensor | None = None  # [batch, 4, h, w]
+    noise_variations: tuple = ()  # for the next call, per batch item: a sweeplab.noise.NoiseVariation or None
 
     def prepare_latents(self, *args, **kwargs):
         prepared = super().prepare_latents(*args, **kwargs)
         if isinstance(prepared, tuple):  # inpainting pipelines also return noise and image latents
             self.recorded_start_latent = prepared[0].detach().float().cpu().clone()
             return prepared
-        if self.noise_variation is not None:
+        if any(self.noise_variations):
             timestep = inspect.signature(super().prepare_latents).bind(*args, **kwargs).arguments["timestep"]
-            correction = self.noise_variation.correction(prepared, self.vae.dtype)
+            correction = torch.cat([
+                variation.correction(prepared[i : i + 1], self.vae.dtype) if variation is not None
+                else torch.zeros_like(prepared[i : i + 1])
+                for i, variation in enumerate(self.noise_variations)
+            ])
             prepared = prepared + self.scheduler.add_noise(torch.zeros_like(prepared), correction, timestep)
         self.recorded_start_latent = prepared.detach().float().cpu().clone()
         return prepared
@@ -206,18 +211,36 @@ def load_img2img_pipeline(source: ModelSource, device: str, dtype) -> LoadedMode
 
 
 class PipelineCache:
-    """One loaded pipeline per (model, device, dtype) for the life of a process."""
+    """Loaded pipelines by (model, device, dtype), at most `max_loaded` at once.
 
-    def __init__(self):
+    A sweep runs its trials ordered by model, so each model loads once; the oldest is released
+    before the next one loads, so two large models never share the device's memory.
+    """
+
+    def __init__(self, max_loaded: int | None = None):
+        self.max_loaded = max_loaded  # None: keep every model loaded
         self._pipelines: dict[tuple, LoadedModel] = {}
 
     def get(self, source: ModelSource, device: str, dtype) -> LoadedModel:
         key = (source, device, str(dtype))
         if key not in self._pipelines:
+            while self.max_loaded is not None and len(self._pipelines) >= self.max_loaded:
+                self._release(next(iter(self._pipelines)))
+            started = time.perf_counter()
             try:
                 self._pipelines[key] = load_img2img_pipeline(source, device, dtype)
             except (OSError, ValueError) as err:
                 first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
                 hint = "; without network, point model.path=... at a local copy" if source.kind == "hub" else ""
                 raise ConfigError(f"model: could not load '{source.location}': {first_line}{hint}") from err
+            log.info("model %s loaded on %s (%s) in %.1f s", source.location, device, dtype,
+                     time.perf_counter() - started)
         return self._pipelines[key]
+
+    def _release(self, key: tuple) -> None:
+        import gc
+
+        del self._pipelines[key]
+        gc.collect()
+        if key[1].startswith("cuda"):
+            torch.cuda.empty_cache()

@@ -31,34 +31,35 @@ class TrialResult:
     step_timesteps: list[float]  # the timestep each recorded step started from
     steps_taken: int
     unet_evals: int
-    seconds: float
+    seconds: float  # wall time of the pipeline call, shared equally by the trials of a batch
     warnings: list[str]  # things the user should know, e.g. a truncated prompt
+    batch_size: int  # how many trials shared the pipeline call
     start_image: Image.Image = field(repr=False)  # start_latent rendered
     step_images: list[Image.Image] = field(repr=False)  # step_latents rendered
     latent_strip: Image.Image = field(repr=False)
 
 
 class _StepRecorder:
-    """A `callback_on_step_end` that keeps each latent and whether it completed a step."""
+    """A `callback_on_step_end` that keeps each batch of latents and whether it completed a step."""
 
     def __init__(self):
-        self.latents: list[torch.Tensor] = []
+        self.latents: list[torch.Tensor] = []  # [batch, 4, h, w] per callback
         self.timesteps: list[float] = []
         self.completes_step: list[bool] = []
 
     def __call__(self, pipe, step_index: int, timestep, callback_kwargs: dict) -> dict:
-        self.latents.append(callback_kwargs["latents"][0].detach().float().cpu().clone())
+        self.latents.append(callback_kwargs["latents"].detach().float().cpu().clone())
         self.timesteps.append(float(timestep))
         self.completes_step.append(_scheduler_between_steps(pipe.scheduler))
         return {}
 
-    def completed(self) -> tuple[list[torch.Tensor], list[float]]:
-        """Latents that ended a denoising step; the last callback always ends the run."""
+    def completed(self) -> tuple[torch.Tensor, list[float]]:
+        """Latents that ended a denoising step, [steps, batch, 4, h, w]; the last callback always ends the run."""
         marks = list(self.completes_step)
         if marks:
             marks[-1] = True
         kept = [index for index, mark in enumerate(marks) if mark]
-        return [self.latents[i] for i in kept], [self.timesteps[i] for i in kept]
+        return torch.stack([self.latents[i] for i in kept]), [self.timesteps[i] for i in kept]
 
 
 def _scheduler_between_steps(scheduler) -> bool:
@@ -109,56 +110,72 @@ def truncation_warnings(tokenizer, **prompts: str) -> list[str]:
 
 def run_trial(trial: Trial, loaded: LoadedModel, progress_desc: str | None = None) -> TrialResult:
     """Run one trial deterministically: a fresh CPU generator seeded with the trial's seed."""
-    spec = trial.spec
-    pipe = loaded.pipeline(inpaint=spec.inpaint)
-    pipe.scheduler = swap_scheduler(loaded, spec.scheduler, spec.scheduler_options)
-    pipe.noise_variation = (
-        NoiseVariation(spec.seed, spec.with_variations, spec.variation_amount, spec.variation_seed)
-        if spec.varies_noise else None
+    return run_batch([trial], loaded, progress_desc)[0]
+
+
+def run_batch(trials: list[Trial], loaded: LoadedModel, progress_desc: str | None = None) -> list[TrialResult]:
+    """Run trials that differ only in seed, prompts or noise variations in one pipeline call.
+
+    Each trial keeps its own fresh CPU generator (diffusers draws every batch item's VAE sample and
+    noise from that item's generator), so its start latent is the one it gets alone; the denoiser's
+    kernels see a larger batch, which may change low bits of the output (see the README).
+    """
+    first = trials[0].spec
+    pipe = loaded.pipeline(inpaint=first.inpaint)
+    pipe.scheduler = swap_scheduler(loaded, first.scheduler, first.scheduler_options)
+    pipe.noise_variations = tuple(
+        NoiseVariation(t.spec.seed, t.spec.with_variations, t.spec.variation_amount, t.spec.variation_seed)
+        if t.spec.varies_noise else None
+        for t in trials
     )
     pipe.set_progress_bar_config(desc=progress_desc, leave=False)
-    warnings = [*trial.warnings, *truncation_warnings(
-        pipe.tokenizer, prompt=spec.prompt, negative_prompt=spec.negative_prompt)]
+    negative_prompts = [t.spec.negative_prompt for t in trials]
     inpaint_args = (
-        {"mask_image": trial.init.mask, "width": spec.width, "height": spec.height} if spec.inpaint else {}
+        {"mask_image": trials[0].init.mask, "width": first.width, "height": first.height} if first.inpaint else {}
     )
     steps = _StepRecorder()
     unet_evals = _UnetEvalCounter(pipe.unet)
     started = time.perf_counter()
     try:
-        output = pipe(
-            prompt=spec.prompt,
-            negative_prompt=spec.negative_prompt or None,
-            image=trial.init.rgb,
-            strength=spec.strength,
-            num_inference_steps=spec.steps,
-            guidance_scale=spec.cfg_scale,
-            generator=torch.Generator("cpu").manual_seed(spec.seed),
+        outputs = pipe(
+            prompt=[t.spec.prompt for t in trials],
+            negative_prompt=negative_prompts if any(negative_prompts) else None,
+            image=[t.init.rgb for t in trials],
+            strength=first.strength,
+            num_inference_steps=first.steps,
+            guidance_scale=first.cfg_scale,
+            generator=[torch.Generator("cpu").manual_seed(t.spec.seed) for t in trials],
             output_type="pil",
             callback_on_step_end=steps,
             callback_on_step_end_tensor_inputs=["latents"],
             **inpaint_args,
-        ).images[0]
+        ).images
     finally:
         unet_evals.remove()
-        pipe.noise_variation = None
-    seconds = time.perf_counter() - started
+        pipe.noise_variations = ()
+    seconds = (time.perf_counter() - started) / len(trials)
 
     step_latents, step_timesteps = steps.completed()
-    renderer = LatentRenderer(trial.preview.method, pipe, loaded.latent_rgb)
-    stacked = torch.stack(step_latents)
-    return TrialResult(
-        output=output,
-        init_image=trial.init.rgb,
-        mask=trial.init.mask,
-        start_latent=pipe.recorded_start_latent[0],
-        step_latents=stacked,
-        step_timesteps=step_timesteps,
-        steps_taken=len(step_latents),
-        unet_evals=unet_evals.count,
-        seconds=seconds,
-        warnings=warnings,
-        start_image=renderer.render(pipe.recorded_start_latent[0]),
-        step_images=[renderer.render(latent) for latent in stacked],
-        latent_strip=renderer.strip(stacked, trial.preview.tile_size),
-    )
+    renderer = LatentRenderer(trials[0].preview.method, pipe, loaded.latent_rgb)
+    results = []
+    for index, (trial, output) in enumerate(zip(trials, outputs)):
+        latents = step_latents[:, index]
+        start_latent = pipe.recorded_start_latent[index]
+        results.append(TrialResult(
+            output=output,
+            init_image=trial.init.rgb,
+            mask=trial.init.mask,
+            start_latent=start_latent,
+            step_latents=latents,
+            step_timesteps=step_timesteps,
+            steps_taken=len(latents),
+            unet_evals=unet_evals.count,
+            seconds=seconds,
+            warnings=[*trial.warnings, *truncation_warnings(
+                pipe.tokenizer, prompt=trial.spec.prompt, negative_prompt=trial.spec.negative_prompt)],
+            batch_size=len(trials),
+            start_image=renderer.render(start_latent),
+            step_images=[renderer.render(latent) for latent in latents],
+            latent_strip=renderer.strip(latents, trial.preview.tile_size),
+        ))
+    return results

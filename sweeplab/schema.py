@@ -89,19 +89,22 @@ ConfigStore.instance().store(group="tracking", name="sweeplab_tracking_schema", 
 
 @dataclass
 class SweeplabSlurmConf(SlurmQueueConf):
-    """sweeplab's defaults for `hydra/launcher=submitit_slurm`: each trial one SLURM array task.
+    """sweeplab's defaults for `hydra/launcher=submitit_slurm`: the sweep cut into SLURM array tasks.
 
     Override any key of hydra-submitit-launcher's SlurmQueueConf on the command line,
     e.g. `hydra.launcher.partition=gpu hydra.launcher.gpus_per_task=null` (CPU cluster).
     """
 
+    _target_: str = "hydra_plugins.sweeplab_launcher.sweeplab_launcher.SweeplabSlurmLauncher"
     name: str = "sweeplab"
+    trials_per_task: Optional[int] = None  # trials per SLURM task, one model load each; null: spread over array_parallelism
+    batch_size: int = 1  # as hydra.launcher.batch_size of hydra/launcher=sweeplab
     partition: Optional[str] = None  # null: the cluster's default partition
     gpus_per_task: Optional[int] = 1  # one GPU per trial
     cpus_per_task: Optional[int] = 4
     mem_gb: Optional[int] = 32  # per task
     timeout_min: int = 60  # the SLURM time limit of each task
-    array_parallelism: int = 8  # at most this many trials at once
+    array_parallelism: int = 8  # at most this many tasks at once
     signal_delay_s: int = 120  # SIGUSR2 this long before the limit: the run ends KILLED, the task requeues
 
 

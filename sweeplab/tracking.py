@@ -16,6 +16,7 @@ import re
 import subprocess
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
@@ -33,8 +34,12 @@ DEFAULT_EXPERIMENT = "sweeplab"
 STEP_IMAGE_KEY = "latent"
 CONFIG_HASH_TAG = "sweeplab.config_hash"
 ERROR_TAG = "sweeplab.error"
+LOGGED_IMAGES_TAG = "mlflow.loggedImages"  # MLflow's mark of a run with per-step images (log_image sets it)
 SKIPPED_TAG_PREFIX = "sweeplab.skipped."  # on a parent run: config hash -> the FINISHED run reused
 WARNINGS_TAG = "sweeplab.warnings"
+OWNER_TAG = "sweeplab.owner"  # host:pid of the process that ran the trial
+BATCH_SIZE_TAG = "sweeplab.batch_size"  # trials that shared the pipeline call (an execution setting, not identity)
+SEARCH_PAGE = 1000  # MLflow's largest page of search_runs and of log_batch tags
 
 
 def resolve_tracking_uri(configured: str | None) -> str:
@@ -43,11 +48,12 @@ def resolve_tracking_uri(configured: str | None) -> str:
     return uri or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
-def experiment_name(cfg: DictConfig) -> str:
-    """tracking.experiment, else the experiment=NAME in use, else 'sweeplab'."""
+def experiment_name(cfg: DictConfig, choices: dict | None = None) -> str:
+    """tracking.experiment, else the experiment=NAME in use (the job's config-group choices), else 'sweeplab'."""
     if cfg.tracking.get("experiment"):
         return cfg.tracking.experiment
-    choices = OmegaConf.select(cfg, "hydra.runtime.choices", default=None)
+    if choices is None:
+        choices = OmegaConf.select(cfg, "hydra.runtime.choices", default=None)
     if choices is None and HydraConfig.initialized():  # a job's cfg has no hydra node: ask Hydra
         choices = HydraConfig.get().runtime.choices
     return (choices or {}).get("experiment") or DEFAULT_EXPERIMENT
@@ -77,8 +83,8 @@ class MlflowTracker:
         self.experiment_id = self._ensure_experiment(experiment)
 
     @classmethod
-    def from_config(cls, cfg: DictConfig) -> "MlflowTracker":
-        return cls(resolve_tracking_uri(cfg.tracking.get("uri")), experiment_name(cfg))
+    def from_config(cls, cfg: DictConfig, choices: dict | None = None) -> "MlflowTracker":
+        return cls(resolve_tracking_uri(cfg.tracking.get("uri")), experiment_name(cfg, choices))
 
     @interrupts.critical()
     def _ensure_experiment(self, name: str) -> str:
@@ -106,31 +112,46 @@ class MlflowTracker:
         return run.info.run_id
 
     @interrupts.critical()
-    def finished_run(self, config_hash: str):
-        """A FINISHED run of the same trial in this experiment, or None."""
-        found = self.client.search_runs(
-            [self.experiment_id],
-            f"tags.`{CONFIG_HASH_TAG}` = '{config_hash}' and attributes.status = 'FINISHED'",
-            max_results=1,
-        )
-        return found[0] if found else None
+    def finished_runs(self) -> dict[str, str]:
+        """config hash -> a FINISHED run of that trial in this experiment, from one paged pass over the store.
+
+        MLflow's filters have no IN, so a sweep reads its experiment's finished runs once and matches locally.
+        """
+        found, token = {}, None
+        while True:
+            page = self.client.search_runs([self.experiment_id], "attributes.status = 'FINISHED'",
+                                           max_results=SEARCH_PAGE, page_token=token)
+            for run in page:
+                if CONFIG_HASH_TAG in run.data.tags:
+                    found.setdefault(run.data.tags[CONFIG_HASH_TAG], run.info.run_id)
+            token = page.token
+            if not token:
+                return found
 
     @interrupts.critical()
-    def record_skip(self, parent_run_id: str, config_hash: str, finished_run_id: str) -> None:
-        """Note on the sweep's parent run which trial was skipped and where its result is."""
-        self.client.set_tag(parent_run_id, SKIPPED_TAG_PREFIX + config_hash, finished_run_id)
+    def record_skips(self, parent_run_id: str, skipped: dict[str, str]) -> None:
+        """Note on the sweep's parent run which trials were skipped (config hash -> the FINISHED run reused)."""
+        from mlflow.entities import RunTag
+
+        tags = [RunTag(SKIPPED_TAG_PREFIX + config_hash, run_id) for config_hash, run_id in skipped.items()]
+        for start in range(0, len(tags), SEARCH_PAGE):  # log_batch takes at most 1000 tags
+            self.client.log_batch(parent_run_id, tags=tags[start : start + SEARCH_PAGE])
 
     @interrupts.critical()
     def log_trial_result(self, run_id: str, result, config: dict, log_step_images: bool) -> None:
-        """Metrics, artifacts (with the trial's config, secrets redacted) and per-step previews."""
-        from mlflow.entities import Metric
+        """Metrics, tags, artifacts (with the trial's config, secrets redacted) and per-step previews, in one upload."""
+        from mlflow.entities import Metric, RunTag
         from safetensors.torch import save_file
 
         now = int(time.time() * 1000)
         metrics = {"steps_taken": result.steps_taken, "unet_evals": result.unet_evals, "seconds": result.seconds}
-        self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
+        tags = {BATCH_SIZE_TAG: str(result.batch_size)}
         if result.warnings:
-            self.client.set_tag(run_id, WARNINGS_TAG, "\n".join(result.warnings))
+            tags[WARNINGS_TAG] = "\n".join(result.warnings)
+        if log_step_images:
+            tags[LOGGED_IMAGES_TAG] = "True"  # the value log_image writes
+        self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
+                              tags=[RunTag(k, v) for k, v in tags.items()])
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)
             result.init_image.save(folder / "init.png")
@@ -145,11 +166,9 @@ class MlflowTracker:
                 str(folder / "latents.safetensors"),
                 metadata={"timesteps": ",".join(f"{t:g}" for t in result.step_timesteps)},
             )
+            if log_step_images:
+                write_step_images(folder / "images", [result.start_image, *result.step_images], now)
             self.client.log_artifacts(run_id, tmp)
-        if log_step_images:
-            self.client.log_image(run_id, result.start_image, key=STEP_IMAGE_KEY, step=0)
-            for step, image in enumerate(result.step_images, start=1):
-                self.client.log_image(run_id, image, key=STEP_IMAGE_KEY, step=step)
 
     @interrupts.critical()
     def end_run(self, run_id: str, status: str = "FINISHED", error: str | None = None) -> None:
@@ -179,6 +198,21 @@ class MlflowTracker:
             token = page.token
             if not token:
                 return runs
+
+
+def write_step_images(folder: Path, images: list, timestamp_ms: int) -> None:
+    """Per-step previews as `MlflowClient.log_image(image, key=..., step=...)` lays them out, for one upload.
+
+    log_image costs two artifact uploads and a tag write per step; the UI's image slider reads only the
+    files' names (`images/<key>+step+<n>+timestamp+<ms>+<uuid>.png` and a `+compressed.webp` thumbnail).
+    """
+    from mlflow.tracking.multimedia import compress_image_size
+
+    folder.mkdir()
+    for step, image in enumerate(images):
+        stem = f"{STEP_IMAGE_KEY}+step+{step}+timestamp+{timestamp_ms}+{uuid.uuid4()}"
+        image.save(folder / f"{stem}.png")
+        compress_image_size(image).save(folder / f"{stem}+compressed.webp")
 
 
 def overrides_tag(overrides) -> str:

@@ -1,0 +1,180 @@
+"""Launcher and sweeper plugins that hand sweeplab's engine a whole sweep instead of one job at a time.
+
+Hydra finds these modules in the `hydra_plugins` namespace package and imports them while it scans for
+plugins, so this module imports only Hydra and sweeplab's torch-free planning code; the engine, torch and
+MLflow load when a sweep launches. Hydra runs plugin modules outside sys.modules while it scans, so
+the dataclass confs here keep real (not postponed) annotations.
+"""
+
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, List, Optional, Sequence
+
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper, BasicSweeperConf
+from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.singleton import Singleton
+from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, setup_globals
+from hydra.plugins.launcher import Launcher
+from hydra.types import HydraContext, TaskFunction
+from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from sweeplab.sweep import ComposedJob, JobComposer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SweeplabLauncherConf:
+    """`hydra/launcher=sweeplab`: every trial of the sweep in this process, planned and ordered as a whole."""
+
+    _target_: str = "hydra_plugins.sweeplab_launcher.sweeplab_launcher.SweeplabLauncher"
+    batch_size: int = 1  # trials differing only in seed, prompts or noise variations that share a pipeline call
+    max_loaded_models: Optional[int] = 1  # models loaded at once (trials run ordered by model); null: no limit
+
+
+@dataclass
+class SweeplabSweeperConf(BasicSweeperConf):
+    """`hydra/sweeper=sweeplab`: Hydra's basic sweeper (cartesian product), checked without composing every job."""
+
+    _target_: str = "hydra_plugins.sweeplab_launcher.sweeplab_launcher.SweeplabSweeper"
+
+
+ConfigStore.instance().store(group="hydra/launcher", name="sweeplab", node=SweeplabLauncherConf, provider="sweeplab")
+ConfigStore.instance().store(group="hydra/sweeper", name="sweeplab", node=SweeplabSweeperConf, provider="sweeplab")
+
+
+class SweeplabSweeper(BasicSweeper):
+    """Checks each batch by composing every distinct set of config-group choices once.
+
+    Hydra's basic sweeper composes every job to check it, and the launcher composes it again; at about
+    50 ms a composition that doubles as a per-trial cost. A bad group choice still stops the sweep before
+    anything runs; a bad value fails its own trial, recorded as a FAILED run.
+    """
+
+    def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
+        composer = JobComposer(self.hydra_context.config_loader, self.config)
+        for overrides in batch:
+            composer.check_structure(list(overrides))
+
+
+class SweeplabLauncher(Launcher):
+    """Runs the whole sweep in this process through sweeplab's engine: one model load per model."""
+
+    def __init__(self, batch_size: int = 1, max_loaded_models: Optional[int] = 1) -> None:
+        self.batch_size = batch_size
+        self.max_loaded_models = max_loaded_models
+        self.config: Optional[DictConfig] = None
+        self.hydra_context: Optional[HydraContext] = None
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.config = config
+        self.hydra_context = hydra_context
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        setup_globals()
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        _log_to(self.config, sweep_dir)
+        log.info("Launching %d trials in this process (hydra/launcher=sweeplab)", len(job_overrides))
+        for num, overrides in enumerate(job_overrides, start=initial_job_idx):
+            log.info("\t#%d : %s", num, " ".join(filter_overrides(overrides)))
+        composer = JobComposer(self.hydra_context.config_loader, self.config)
+        jobs = [composer.compose(num, list(o)) for num, o in enumerate(job_overrides, start=initial_job_idx)]
+        return run_jobs(jobs, self.batch_size, self.max_loaded_models)
+
+
+def run_jobs(jobs: List[ComposedJob], batch_size: int, max_loaded_models: Optional[int]) -> List[JobReturn]:
+    """The engine over composed jobs; one COMPLETED JobReturn each (failures are FAILED runs, not exceptions)."""
+    from sweeplab.engine import ExecutionSettings, SweepEngine
+    from sweeplab.tracking import PARENT_RUN_ENV
+
+    settings = ExecutionSettings(batch_size=batch_size, max_loaded_models=max_loaded_models)
+    SweepEngine(settings, parent_run_id=os.environ.get(PARENT_RUN_ENV)).run(jobs)
+    return [_job_return(job) for job in jobs]
+
+
+def _job_return(job: ComposedJob) -> JobReturn:
+    result = JobReturn(overrides=job.overrides, cfg=job.cfg, working_dir=os.getcwd(), task_name="sweeplab")
+    result.status = JobStatus.COMPLETED
+    result.return_value = None
+    return result
+
+
+def _log_to(config: DictConfig, output_dir: Path) -> None:
+    """Hydra's job logging, set up once for the sweep: its log file goes to the sweep's folder."""
+    with open_dict(config.hydra.runtime):
+        config.hydra.runtime.output_dir = str(output_dir.resolve())
+    HydraConfig.instance().set_config(config)
+    configure_log(config.hydra.job_logging, config.hydra.verbose)
+
+
+class SweeplabSlurmLauncher(SlurmLauncher):
+    """hydra-submitit-launcher's SLURM launcher, cutting the sweep into tasks of `trials_per_task` trials.
+
+    Each task (one element of the SLURM job array) loads its model once and runs its trials through the
+    engine. A requeued task (pre-emption, time limit) runs the same trials again, and resume skips the
+    ones it had finished.
+    """
+
+    def __init__(self, trials_per_task: Optional[int] = None, batch_size: int = 1, **params: Any) -> None:
+        self.trials_per_task = trials_per_task
+        self.batch_size = batch_size
+        super().__init__(**params)
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        import submitit
+
+        composer = JobComposer(self.hydra_context.config_loader, self.config)
+        jobs = [composer.compose(num, list(o)) for num, o in enumerate(job_overrides, start=initial_job_idx)]
+        chunks = chunk_jobs(jobs, self.trials_per_task, self.params.get("array_parallelism") or 1)
+        executor = submitit.AutoExecutor(cluster=self._EXECUTOR, **self._init_params())
+        executor.update_parameters(**self._queue_params())
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        log.info("Submitit 'slurm' sweep output dir : %s", sweep_dir)
+        log.info("%d trials in %d SLURM tasks of up to %d", len(jobs), len(chunks), max(map(len, chunks)))
+        state = Singleton.get_state()
+        tasks = executor.map_array(self, [[(j.num, j.overrides) for j in chunk] for chunk in chunks],
+                                   ["hydra.sweep.dir"] * len(chunks), [c[0].num for c in chunks],
+                                   [f"chunk_{c[0].num}" for c in chunks], [state] * len(chunks))
+        return [job_return for task in tasks for job_return in task.results()[0]]
+
+    def __call__(self, chunk: list, job_dir_key: str, job_num: int, job_id: str, singleton_state: dict) -> list:
+        """One SLURM task: compose its trials and run them through the engine."""
+        from sweeplab import interrupts
+
+        Singleton.set_state(singleton_state)
+        setup_globals()
+        interrupts.install()  # submitit's own SIGUSR2 handler (requeue) runs after the runs are closed
+        sweep_dir = Path(str(OmegaConf.select(self.config, job_dir_key)))
+        _log_to(self.config, sweep_dir)
+        composer = JobComposer(self.hydra_context.config_loader, self.config)
+        jobs = [composer.compose(num, list(overrides)) for num, overrides in chunk]
+        return run_jobs(jobs, self.batch_size, max_loaded_models=1)
+
+    def _init_params(self) -> dict:
+        init = {"folder": self.params["submitit_folder"]}
+        if "max_num_timeout" in self.params:
+            init[f"{self._EXECUTOR}_max_num_timeout"] = self.params["max_num_timeout"]
+        return init
+
+    def _queue_params(self) -> dict:
+        """As hydra-submitit-launcher passes them: its base keys as they are, the rest as slurm_<key>."""
+        base = set(OmegaConf.structured(BaseQueueConf).keys())
+        return {key if key in base else f"{self._EXECUTOR}_{key}": value for key, value in self.params.items()
+                if key not in ("submitit_folder", "max_num_timeout")}
+
+
+def chunk_jobs(jobs: List[ComposedJob], trials_per_task: Optional[int], parallelism: int) -> List[List[ComposedJob]]:
+    """Cut the sweep, ordered by model, into tasks: `trials_per_task` each, or (null) as many as run at once."""
+    from sweeplab.sweep import raw_cost_key
+
+    ordered = sorted(jobs, key=raw_cost_key)
+    size = trials_per_task or max(1, math.ceil(len(jobs) / max(1, parallelism)))
+    return [ordered[start : start + size] for start in range(0, len(ordered), size)]
