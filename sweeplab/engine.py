@@ -151,9 +151,10 @@ class SweepEngine:
             if done is None:
                 kept.append(planned)
                 continue
-            skipped.setdefault(id(tracker), (tracker, {}))[1][trial.spec.config_hash] = done
             log.info("trial %s skipped: already FINISHED as run %s (%s); resume=false reruns it",
-                     planned.label, done, trial.spec.config_hash)
+                     planned.label, done.info.run_id, trial.spec.config_hash)
+            if done.data.tags.get("mlflow.parentRunId") != self.parent_run_id:  # not this sweep's (a requeued task)
+                skipped.setdefault(id(tracker), (tracker, {}))[1][trial.spec.config_hash] = done.info.run_id
         if self.parent_run_id:
             for tracker, hashes in skipped.values():
                 tracker.record_skips(self.parent_run_id, hashes)

@@ -112,7 +112,7 @@ class MlflowTracker:
         return run.info.run_id
 
     @interrupts.critical()
-    def finished_runs(self) -> dict[str, str]:
+    def finished_runs(self) -> dict:
         """config hash -> a FINISHED run of that trial in this experiment, from one paged pass over the store.
 
         MLflow's filters have no IN, so a sweep reads its experiment's finished runs once and matches locally.
@@ -123,7 +123,7 @@ class MlflowTracker:
                                            max_results=SEARCH_PAGE, page_token=token)
             for run in page:
                 if CONFIG_HASH_TAG in run.data.tags:
-                    found.setdefault(run.data.tags[CONFIG_HASH_TAG], run.info.run_id)
+                    found.setdefault(run.data.tags[CONFIG_HASH_TAG], run)
             token = page.token
             if not token:
                 return found

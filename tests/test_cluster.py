@@ -130,9 +130,30 @@ def test_24_trials_on_slurm_run_4_at_once_and_log_one_finished_child_each(slurm_
     assert {c.info.status for c in children} == {"FINISHED"}
     assert sorted(int(c.data.params["seed"]) for c in children) == list(range(24))  # none missing, none twice
     assert len({c.data.tags["sweeplab.config_hash"] for c in children}) == 24
-    assert len({c.data.tags["sweeplab.slurm_job"] for c in children}) == 24  # each trial its own array task
+    # trials_per_task null: the sweep is spread over array_parallelism=4 tasks of 6 trials, one process each
+    assert len({c.data.tags["sweeplab.slurm_job"] for c in children}) == 4
+    assert len({c.data.tags["sweeplab.owner"] for c in children}) == 4
     assert max(seen_running) >= 4, seen_running
     assert max_overlap(children) >= 2  # several workers wrote to the server at once
+
+
+def test_chunked_slurm_tasks_load_the_model_once_each(slurm_cluster, mlflow_server, tmp_path):
+    experiment, job_name = unique("chunked"), unique("sweeplab-test")
+    launcher = sweeplab(*slurm_launcher(job_name), "hydra.launcher.trials_per_task=12", "tracking=server",
+                        f"tracking.uri={mlflow_server}", f"tracking.experiment={experiment}", *TINY,
+                        "seed=range(0,24)", cwd=tmp_path)
+    started = time.monotonic()
+    _, err = launcher.communicate(timeout=900)
+    print(f"24 trials in 2 SLURM tasks in {time.monotonic() - started:.1f} s", file=sys.stderr)
+    assert launcher.returncode == 0, err[-3000:]
+    assert "24 trials: 24 finished, 0 failed" in err
+    _, children = runs_of(MlflowClient(mlflow_server), experiment)
+    assert len(children) == 24 and {c.info.status for c in children} == {"FINISHED"}
+    tasks = Counter(c.data.tags["sweeplab.slurm_job"] for c in children)
+    assert sorted(tasks.values()) == [12, 12]
+    task_logs = list(tmp_path.glob("multirun/*/*/.submitit/*/*_log.err"))
+    loads = [line for log in task_logs for line in log.read_text().splitlines() if "loaded on cpu" in line]
+    assert len(task_logs) == 2 and len(loads) == 2, loads
 
 
 def test_killed_slurm_sweep_rerun_finishes_every_trial_exactly_once(slurm_cluster, mlflow_server, tmp_path):
@@ -211,16 +232,20 @@ def test_same_trial_gives_same_bytes_under_every_launcher(slurm_cluster, mlflow_
     assert len(outputs) == 1
 
 
-def test_preempted_slurm_task_ends_its_run_killed_and_the_requeued_task_finishes_the_trial(
+def test_preempted_slurm_task_ends_its_run_killed_and_the_requeued_task_skips_what_it_finished(
     slurm_cluster, mlflow_server, tmp_path
 ):
     experiment, job_name = unique("preempted"), unique("sweeplab-test")
     client = MlflowClient(mlflow_server)
-    launcher = sweeplab(*slurm_launcher(job_name, parallelism=1), "tracking=server", f"tracking.uri={mlflow_server}",
-                        f"tracking.experiment={experiment}", "width=256", "height=256", "steps=200",
-                        "strength=1.0", "seed=5", "tracking.log_step_images=false", cwd=tmp_path)
+    launcher = sweeplab(*slurm_launcher(job_name, parallelism=1), "hydra.launcher.trials_per_task=3",
+                        "tracking=server", f"tracking.uri={mlflow_server}", f"tracking.experiment={experiment}",
+                        "width=256", "height=256", "steps=120", "strength=1.0", "seed=5,6,7",
+                        "tracking.log_step_images=false", cwd=tmp_path)
     deadline = time.monotonic() + 300
-    while not any(c.info.status == "RUNNING" for c in runs_of(client, experiment)[1]):
+    while True:  # one trial of the task FINISHED, the next RUNNING
+        statuses = Counter(c.info.status for c in runs_of(client, experiment)[1])
+        if statuses["FINISHED"] >= 1 and statuses["RUNNING"]:
+            break
         assert launcher.poll() is None and time.monotonic() < deadline, launcher.communicate()[1][-3000:]
         time.sleep(0.3)
     (job_id,) = subprocess.run(["squeue", "-h", f"--name={job_name}", "-o", "%i"],
@@ -234,11 +259,12 @@ def test_preempted_slurm_task_ends_its_run_killed_and_the_requeued_task_finishes
     subprocess.run(["scontrol", "update", f"jobid={job_id}", "StartTime=now"], check=True)  # skip the requeue hold
     _, err = launcher.communicate(timeout=600)
     assert launcher.returncode == 0, err[-3000:]
-    assert "1 trials: 1 finished, 0 failed" in err
+    assert "3 trials: 3 finished, 0 failed" in err
 
     (parent,), children = runs_of(client, experiment)
     assert parent.info.status == "FINISHED"
-    assert sorted(c.info.status for c in children) == ["FINISHED", "KILLED"]
-    assert len({c.data.tags["sweeplab.config_hash"] for c in children}) == 1
-    killed = next(c for c in children if c.info.status == "KILLED")
-    assert killed.data.tags["sweeplab.error"].startswith("interrupted: SIGUSR2")
+    finished = Counter(c.data.params["seed"] for c in children if c.info.status == "FINISHED")
+    assert finished == Counter(["5", "6", "7"])  # every trial FINISHED once: the requeued task skipped seed 5
+    killed = [c for c in children if c.info.status == "KILLED"]
+    assert len(killed) == 1 and len(children) == 4
+    assert killed[0].data.tags["sweeplab.error"].startswith("interrupted: SIGUSR2")

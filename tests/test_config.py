@@ -131,3 +131,25 @@ def test_preflight_catches_unknown_names_with_a_suggestion(argv, expected):
 
 def test_preflight_accepts_valid_command_lines():
     preflight(["-m", "sampler=k_lms,k_heun", "model.path=/x", "hydra/launcher=basic", "+extra=1", "experiment=demo"])
+
+
+@pytest.mark.parametrize("overrides", [
+    [], ["experiment=demo"], ["experiment=invokeai_img2img"], ["experiment=tree_on_a_hill"],
+    ["strength=1", "steps=7", "cfg_scale=3", "fit=yes", "width=64", "prompt=5"],
+    ["with_variations=[12:0.1]", "variation_seed=4", "+sampler.options.use_karras_sigmas=true", "model.path=x"],
+])
+def test_fast_validation_equals_the_structured_merge(compose_config, overrides):
+    """validate_config converts values without a structured merge; the result is the merge's, value for value."""
+    from omegaconf import OmegaConf
+
+    from sweeplab.schema import SweeplabConfig, validate_config
+
+    cfg = compose_config(*overrides)
+    merged = OmegaConf.merge(OmegaConf.structured(SweeplabConfig), OmegaConf.to_container(cfg, resolve=True))
+    expected = OmegaConf.to_object(merged)
+    got = validate_config(cfg)
+    assert got == expected
+    assert [type(getattr(got, f)) for f in SCHEMA_FIELDS] == [type(getattr(expected, f)) for f in SCHEMA_FIELDS]
+
+
+SCHEMA_FIELDS = ("strength", "steps", "cfg_scale", "fit", "prompt", "width", "variation_seed")

@@ -1,0 +1,196 @@
+"""The sweep engine (`hydra/launcher=sweeplab`): whole sweeps composed, ordered, batched, logged in the background.
+
+Every sweep here is a real `sweeplab -m` process writing a real SQLite MLflow store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import signal
+import subprocess
+import time
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf, open_dict
+from PIL import Image
+from safetensors import safe_open
+
+from conftest import CONF_DIR, SWEEPLAB
+from test_cli import _running_children, all_runs, store
+
+TINY = ["width=64", "height=64", "tracking.log_step_images=false"]
+# A second-order sampler, so steps taken (4 and 2) and denoiser evaluations (7 and 3) differ.
+GRID = [*TINY, "steps=4", "sampler=k_heun", "seed=1,2,3", "strength=0.5,1.0"]
+
+
+def children(folder, experiment="sweeplab"):
+    return [r for r in all_runs(store(folder), experiment) if "mlflow.parentRunId" in r.data.tags]
+
+
+def trial_records(folder) -> dict[str, dict]:
+    """Per config hash: status, counts, batch tag, output bytes and latents, as the store holds them."""
+    client = store(folder)
+    records = {}
+    for run in children(folder):
+        with safe_open(client.download_artifacts(run.info.run_id, "latents.safetensors"), "pt") as latents:
+            start, steps = latents.get_tensor("start"), latents.get_tensor("steps")
+        output = client.download_artifacts(run.info.run_id, "output.png")
+        records[run.data.tags["sweeplab.config_hash"]] = {
+            "status": run.info.status,
+            "steps_taken": run.data.metrics["steps_taken"],
+            "unet_evals": run.data.metrics["unet_evals"],
+            "batch_size": run.data.tags["sweeplab.batch_size"],
+            "output_sha256": hashlib.sha256(open(output, "rb").read()).hexdigest(),
+            "output": np.asarray(Image.open(output)).astype(int),
+            "start": start.float(), "steps_shape": tuple(steps.shape),
+        }
+    return records
+
+
+@pytest.fixture(scope="module")
+def grid_runs(tmp_path_factory):
+    """The same 6-trial grid under Hydra's basic launcher, sweeplab's at batch 1, and sweeplab's at batch 3."""
+    folders = {}
+    for name, extra in {"basic": ["hydra/launcher=basic"], "engine": [],
+                        "batched": ["hydra.launcher.batch_size=3"]}.items():
+        folder = tmp_path_factory.mktemp(name)
+        done = subprocess.run([str(SWEEPLAB), "-m", *GRID, *extra], cwd=folder, capture_output=True, text=True,
+                              timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert "6 trials: 6 finished, 0 failed" in done.stderr
+        folders[name] = folder
+    return {name: trial_records(folder) for name, folder in folders.items()} | {"folders": folders}
+
+
+def test_engine_at_batch_one_gives_the_basic_launchers_bytes(grid_runs):
+    basic, engine = grid_runs["basic"], grid_runs["engine"]
+    assert len(basic) == 6 and basic.keys() == engine.keys()
+    for config_hash in basic:
+        assert engine[config_hash]["output_sha256"] == basic[config_hash]["output_sha256"]
+        assert engine[config_hash]["batch_size"] == "1"
+
+
+def test_batched_trials_keep_their_own_records(grid_runs):
+    alone, batched = grid_runs["engine"], grid_runs["batched"]
+    assert batched.keys() == alone.keys()
+    for config_hash, record in batched.items():
+        single = alone[config_hash]
+        assert record["status"] == "FINISHED" and record["batch_size"] == "3"
+        for key in ("steps_taken", "unet_evals", "steps_shape"):
+            assert record[key] == single[key], key
+        # Each trial draws its own VAE sample and noise from its own generator: its start latent is its own.
+        assert np.allclose(record["start"], single["start"], atol=2e-3)
+        # The denoiser sees a batch of 3, whose kernels may round differently: outputs stay within a level.
+        assert np.abs(record["output"] - single["output"]).max() <= 2
+    assert {r["steps_taken"]: r["unet_evals"] for r in batched.values()} == {4.0: 7.0, 2.0: 3.0}
+    # Different seeds in one batch still give different pictures.
+    assert len({r["output_sha256"] for r in batched.values()}) == 6
+
+
+def test_resume_skips_finished_trials_in_one_pass(grid_runs, tmp_path):
+    folder = tmp_path / "resumed"
+    shutil.copytree(grid_runs["folders"]["engine"], folder, ignore=shutil.ignore_patterns("multirun"))
+    done = subprocess.run([str(SWEEPLAB), "-m", *TINY, "steps=4", "sampler=k_heun", "seed=1,2,3,4",
+                           "strength=0.5,1.0"], cwd=folder, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "8 trials: 2 finished, 0 failed, 6 skipped as already FINISHED" in done.stderr
+
+
+def test_failing_trials_inside_a_batch_fail_alone(sweeplab_cli, tmp_path):
+    # Prompt S/R over two prompts: "fire" has no "red" to replace, so those trials fail validation,
+    # while their batch neighbours (same settings, other prompt) run together.
+    done = sweeplab_cli("-m", *TINY, "steps=2", "strength=1.0", 'prompt="a red circle",fire', "seed=1,2",
+                        "prompt_search=red", "prompt_replace=blue", "hydra.launcher.batch_size=4")
+    assert done.returncode == 1
+    assert "4 trials: 2 finished, 2 failed" in done.stderr
+    runs = children(tmp_path)
+    finished = [r for r in runs if r.info.status == "FINISHED"]
+    assert {r.data.params["prompt"] for r in finished} == {"a blue circle"}
+    assert {r.data.tags["sweeplab.batch_size"] for r in finished} == {"2"}
+    failed = [r for r in runs if r.info.status == "FAILED"]
+    assert len(failed) == 2 and all("does not occur in prompt 'fire'" in r.data.tags["sweeplab.error"]
+                                    for r in failed)
+
+
+def test_each_model_loads_once_whatever_the_sweep_order(sweeplab_cli, tmp_path):
+    from sweeplab.toy import toy_model_dir
+
+    copy = tmp_path / "toy-copy"
+    shutil.copytree(toy_model_dir(), copy)
+    # Hydra's product interleaves the models: (seed 1, toy), (seed 1, copy), (seed 2, toy), (seed 2, copy).
+    done = sweeplab_cli("-m", *TINY, "steps=2", "strength=1.0", "seed=1,2", f"model.path=null,{copy}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    loads = [line for line in done.stderr.splitlines() if "loaded on cpu" in line]
+    assert len(loads) == 2, loads
+    assert "4 trials: 4 finished, 0 failed" in done.stderr
+
+
+def test_sigterm_with_results_queued_leaves_no_run_running(tmp_path):
+    """Per-step images make each trial's logging long enough that the writer holds work when the signal comes."""
+    sweep = subprocess.Popen(
+        [str(SWEEPLAB), "-m", "width=128", "height=128", "steps=30", "strength=1.0", "seed=1,2,3,4,5,6",
+         "hydra.launcher.batch_size=2"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.monotonic() + 300
+    while _finished_children(tmp_path) < 1:
+        assert sweep.poll() is None and time.monotonic() < deadline, sweep.communicate()[1][-2000:]
+        time.sleep(0.2)
+    sweep.send_signal(signal.SIGTERM)
+    _, err = sweep.communicate(timeout=120)
+    assert sweep.returncode == 128 + signal.SIGTERM, err[-2000:]
+    runs = all_runs(store(tmp_path))
+    assert "RUNNING" not in {r.info.status for r in runs}
+    client = store(tmp_path)
+    kids = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert {r.info.status for r in kids} <= {"FINISHED", "KILLED"} and len(kids) < 6
+    for run in kids:
+        if run.info.status == "FINISHED":  # everything a finished trial logs is there
+            names = {a.path for a in client.list_artifacts(run.info.run_id)}
+            assert {"output.png", "latents.safetensors", "images"} <= names
+        else:
+            assert run.data.tags["sweeplab.error"] == "interrupted: SIGTERM"
+    assert _running_children(tmp_path) == 0
+
+
+def _finished_children(folder) -> int:
+    import sqlite3
+
+    if not (folder / "mlflow.db").exists():
+        return 0
+    query = ("SELECT count(*) FROM runs JOIN tags ON runs.run_uuid = tags.run_uuid "
+             "WHERE tags.key = 'mlflow.parentRunId' AND runs.status = 'FINISHED'")
+    try:
+        with sqlite3.connect(f"file:{folder / 'mlflow.db'}?mode=ro", uri=True) as db:
+            return db.execute(query).fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
+
+
+@pytest.mark.parametrize("overrides", [
+    ["seed=3", "strength=0.4"],
+    ["sampler=k_heun", "prompt='a red circle'", "preview.tile_size=32"],
+    ["experiment=demo", "strength=0.9", "with_variations=[12:0.1,13:0.2]"],
+    ["model.path=/tmp/x", "+sampler.options.use_karras_sigmas=true", "width=64", "fit=true"],
+    ["+extra=1"],
+])
+def test_job_composer_gives_hydras_composition(overrides):
+    """One composition per config-group choice, plus Hydra's own value overrides, equals a full composition."""
+    from sweeplab.sweep import JobComposer
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        master = compose("config", [], return_hydra_config=True)
+        OmegaConf.set_struct(master, True)
+        loader = GlobalHydra.instance().config_loader()
+        expected = loader.load_sweep_config(master, overrides)
+        composed = JobComposer(loader, master).compose(7, overrides)
+        with open_dict(expected):
+            del expected["hydra"]
+        assert composed.cfg is not None, composed.error
+        assert OmegaConf.to_container(composed.cfg) == OmegaConf.to_container(expected)
+        assert list(OmegaConf.to_container(composed.cfg)) == list(OmegaConf.to_container(expected))
