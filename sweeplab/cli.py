@@ -119,7 +119,7 @@ def run_configured_trial(cfg: DictConfig) -> None:
     job = ComposedJob(hydra_cfg.job.num if multirun else 0, list(hydra_cfg.overrides.task), cfg,
                       OmegaConf.to_container(hydra_cfg.runtime.choices))
     engine = SweepEngine(ExecutionSettings(multirun=multirun), models=_process_models(),
-                         parent_run_id=os.environ.get(PARENT_RUN_ENV) if multirun else None)
+                         parent_run=lambda: os.environ.get(PARENT_RUN_ENV))
     engine.run([job])
 
 

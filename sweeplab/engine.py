@@ -95,7 +95,8 @@ class SweepEngine:
 
     settings: ExecutionSettings = field(default_factory=ExecutionSettings)
     models: object = None  # a sweeplab.models.PipelineCache; one per process when given
-    parent_run_id: str | None = None
+    parent_run: Callable[[], str | None] = lambda: None  # the sweep's parent run id, waited for when first needed
+    parent_run_id: str | None = field(default=None, init=False)  # set when the sweep runs
     _trackers: dict = field(default_factory=dict)
 
     def run(self, jobs: list[ComposedJob]) -> None:
@@ -103,7 +104,8 @@ class SweepEngine:
 
         if self.models is None:
             self.models = PipelineCache(self.settings.max_loaded_models)
-        planned = plan_trials(jobs)
+        planned = plan_trials(jobs)  # imports torch and diffusers while the store opens in the background
+        self.parent_run_id = self.parent_run() if self.settings.multirun else None
         for invalid in (p for p in planned if p.error is not None):
             self._record_invalid(invalid)
         runnable = self._skip_finished([p for p in planned if p.trial is not None])
@@ -172,7 +174,7 @@ class SweepEngine:
             return  # not even composed: there is no tracking config to log to; the summary counts it
         tracker = self.tracker_for(planned.job)
         run_id = tracker.start_run(f"trial {planned.label} (invalid)", _raw_params(planned.job.cfg),
-                                   {"sweeplab.overrides": overrides}, self._parent())
+                                   {"sweeplab.overrides": overrides}, self.parent_run_id)
         tracker.end_run(run_id, "FAILED", message)
 
     # -- running ---------------------------------------------------------------------------------
@@ -222,7 +224,7 @@ class SweepEngine:
         from sweeplab.runner import run_batch
 
         spec = trials[0].spec
-        loaded = self.models.get(spec.model_source, spec.device, getattr(torch, spec.dtype))
+        loaded = self.models.get(spec.model_source, spec.device, getattr(torch, spec.dtype), trials[0].compile)
         desc = runs[0].label if len(runs) == 1 else f"{runs[0].label}..{runs[-1].label}"
         return run_batch(trials, loaded, progress_desc=f"trial {desc}")
 
@@ -232,7 +234,7 @@ class SweepEngine:
                label: str | None = None) -> TrialRun:
         run = TrialRun(planned, self.tracker_for(planned.job), label or self._label(planned), previous=previous)
         tags = self._run_tags(planned, trial)
-        parent = self._parent()
+        parent = self.parent_run_id
 
         def start() -> None:
             if previous is not None and previous.run_id:
@@ -287,7 +289,14 @@ class SweepEngine:
     # -- small helpers -----------------------------------------------------------------------------
 
     def _run_tags(self, planned: PlannedTrial, trial) -> dict[str, str]:
-        from sweeplab.tracking import CONFIG_HASH_TAG, OWNER_TAG, device_name, environment_tags, overrides_tag
+        from sweeplab.tracking import (
+            COMPILE_TAG,
+            CONFIG_HASH_TAG,
+            OWNER_TAG,
+            device_name,
+            environment_tags,
+            overrides_tag,
+        )
 
         spec = trial.spec
         tags = {
@@ -296,14 +305,12 @@ class SweepEngine:
             "sweeplab.device": device_name(spec.device),
             "sweeplab.scheduler": spec.scheduler,
             OWNER_TAG: f"{socket.gethostname()}:{os.getpid()}",
+            COMPILE_TAG: str(trial.compile).lower(),
             **environment_tags(),
         }
         if trial.prompt_template:
             tags["sweeplab.prompt_search"], tags["sweeplab.prompt_replace"] = trial.prompt_template
         return tags
-
-    def _parent(self) -> str | None:
-        return self.parent_run_id if self.settings.multirun else None
 
     def _label(self, planned: PlannedTrial) -> str:
         return planned.label if self.settings.multirun else "run"

@@ -183,7 +183,7 @@ class LoadedModel:
         return self._inpaint_pipe
 
 
-def load_img2img_pipeline(source: ModelSource, device: str, dtype) -> LoadedModel:
+def load_img2img_pipeline(source: ModelSource, device: str, dtype, compile: bool = False) -> LoadedModel:
     """Load the right img2img pipeline class (SD 1.x/2.x or SDXL) through diffusers."""
     from diffusers import (
         AutoPipelineForImage2Image,
@@ -207,6 +207,11 @@ def load_img2img_pipeline(source: ModelSource, device: str, dtype) -> LoadedMode
     latent_rgb = read_latent_rgb(location) if source.kind in ("toy", "folder") else None
     if device != "cpu":
         pipe = pipe.to(device)
+    if compile:
+        # diffusers' recipe (optimization/torch2.0): channels-last weights, the UNet through torch.compile.
+        # A new input shape recompiles, so the engine runs the trials of one size together.
+        pipe.unet.to(memory_format=torch.channels_last)
+        pipe.unet = torch.compile(pipe.unet)
     return LoadedModel(recording_pipeline(pipe), dict(pipe.scheduler.config), latent_rgb)
 
 
@@ -221,14 +226,14 @@ class PipelineCache:
         self.max_loaded = max_loaded  # None: keep every model loaded
         self._pipelines: dict[tuple, LoadedModel] = {}
 
-    def get(self, source: ModelSource, device: str, dtype) -> LoadedModel:
-        key = (source, device, str(dtype))
+    def get(self, source: ModelSource, device: str, dtype, compile: bool = False) -> LoadedModel:
+        key = (source, device, str(dtype), compile)
         if key not in self._pipelines:
             while self.max_loaded is not None and len(self._pipelines) >= self.max_loaded:
                 self._release(next(iter(self._pipelines)))
             started = time.perf_counter()
             try:
-                self._pipelines[key] = load_img2img_pipeline(source, device, dtype)
+                self._pipelines[key] = load_img2img_pipeline(source, device, dtype, compile)
             except (OSError, ValueError) as err:
                 first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
                 hint = "; without network, point model.path=... at a local copy" if source.kind == "hub" else ""

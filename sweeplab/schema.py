@@ -83,6 +83,7 @@ class SweeplabConfig:
     prompt_search: Optional[str] = None  # A1111 Prompt S/R: this text in prompt ...
     prompt_replace: Optional[str] = None  # ... is replaced by this one
     resume: bool = True  # in a sweep, skip trials that already have a FINISHED run
+    compile: bool = False  # torch.compile the denoiser (an execution setting: not part of the config hash)
 
 
 ConfigStore.instance().store(name="sweeplab_schema", node=SweeplabConfig)

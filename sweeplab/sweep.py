@@ -121,8 +121,8 @@ def plan_trials(jobs: list[ComposedJob]) -> list[PlannedTrial]:
 def cost_key(trial) -> tuple:
     """Most expensive change first: the model (a load), then what changes shapes or kernels, then the sampler."""
     spec = trial.spec
-    return (spec.model_source.identity, spec.device, spec.dtype, spec.width, spec.height, spec.inpaint,
-            spec.scheduler, spec.sampler)
+    return (spec.model_source.identity, spec.device, spec.dtype, trial.compile, spec.width, spec.height,
+            spec.inpaint, spec.scheduler, spec.sampler)
 
 
 def raw_cost_key(job: ComposedJob) -> tuple:
@@ -131,7 +131,7 @@ def raw_cost_key(job: ComposedJob) -> tuple:
         return ()
     select = lambda key: str(OmegaConf.select(job.cfg, key, default=None))  # noqa: E731
     return tuple(select(key) for key in ("model.path", "model.hub_id", "model.builtin", "device", "dtype",
-                                         "width", "height", "sampler.scheduler", "sampler.name"))
+                                         "compile", "width", "height", "sampler.scheduler", "sampler.name"))
 
 
 def cost_order(planned: list[PlannedTrial]) -> list[PlannedTrial]:
@@ -151,7 +151,7 @@ def batch_key(trial) -> tuple | None:
         return None  # a chain feeds each output back; inpainting runs its own pipeline
     spec = trial.spec
     return tuple((f.name, repr(getattr(spec, f.name))) for f in fields(spec) if f.name not in BATCHABLE_FIELDS) + (
-        ("preview", repr(trial.preview)),
+        ("preview", repr(trial.preview)), ("compile", trial.compile),
     )
 
 

@@ -15,6 +15,7 @@ import os
 import re
 import subprocess
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -29,6 +30,7 @@ from sweeplab.redaction import redact, redact_override
 log = logging.getLogger("sweeplab")
 
 PARENT_RUN_ENV = "SWEEPLAB_PARENT_RUN_ID"
+OWN_LAUNCHERS = "hydra_plugins.sweeplab_launcher."  # launchers that wait for the store through the callback
 TRACKING_URI_ENV = "SWEEPLAB_TRACKING_URI"
 DEFAULT_EXPERIMENT = "sweeplab"
 STEP_IMAGE_KEY = "latent"
@@ -38,6 +40,7 @@ LOGGED_IMAGES_TAG = "mlflow.loggedImages"  # MLflow's mark of a run with per-ste
 SKIPPED_TAG_PREFIX = "sweeplab.skipped."  # on a parent run: config hash -> the FINISHED run reused
 WARNINGS_TAG = "sweeplab.warnings"
 OWNER_TAG = "sweeplab.owner"  # host:pid of the process that ran the trial
+COMPILE_TAG = "sweeplab.compile"  # whether the denoiser ran through torch.compile (an execution setting)
 BATCH_SIZE_TAG = "sweeplab.batch_size"  # trials that shared the pipeline call (an execution setting, not identity)
 SEARCH_PAGE = 1000  # MLflow's largest page of search_runs and of log_batch tags
 
@@ -260,6 +263,10 @@ def _git_commit() -> str:
 class MlflowSweepCallback(Callback):
     """Creates the experiment and the sweep's parent run before any job, and closes it after.
 
+    Under sweeplab's own launchers the store is opened on a background thread (MLflow's imports and a
+    new store's tables take seconds) while the launcher imports torch and validates the trials; they
+    wait for it through `parent_run`, found in Hydra's callbacks. Other launchers start jobs that read
+    the parent from the environment, so for them it is opened before any job starts.
     A sweep that ends early (a signal, a launcher error) closes its parent run at exit:
     KILLED when interrupted, FAILED otherwise, never left RUNNING.
     """
@@ -267,23 +274,45 @@ class MlflowSweepCallback(Callback):
     def __init__(self):
         self.tracker: MlflowTracker | None = None
         self.parent_run_id: str | None = None
+        self._opening: threading.Thread | None = None
+        self._open_error: BaseException | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        self.tracker = MlflowTracker.from_config(config)
-        overrides = overrides_tag(OmegaConf.select(config, "hydra.overrides.task", default=[]))
-        self.parent_run_id = self.tracker.start_run(
-            run_name=f"sweep {Path(str(config.hydra.sweep.dir)).as_posix()}",
-            params={},
-            tags={"sweeplab.sweep": "true", "sweeplab.overrides": overrides, **environment_tags()},
-            parent_run_id=None,
-        )
-        os.environ[PARENT_RUN_ENV] = self.parent_run_id
-        os.environ[TRACKING_URI_ENV] = self.tracker.uri
         atexit.register(self._close_unfinished)
+        if str(OmegaConf.select(config, "hydra.launcher._target_", default="")).startswith(OWN_LAUNCHERS):
+            self._opening = threading.Thread(target=self._open, args=(config,), name="sweeplab-store", daemon=True)
+            self._opening.start()
+        else:
+            self._open(config)
+            self.parent_run()
+
+    def parent_run(self) -> str:
+        """The parent run's id once the store is open; raises what opening it raised."""
+        if self._opening is not None:
+            self._opening.join()
+        if self._open_error is not None:
+            raise self._open_error
+        return self.parent_run_id
+
+    def _open(self, config: DictConfig) -> None:
+        try:
+            self.tracker = MlflowTracker.from_config(config)
+            overrides = overrides_tag(OmegaConf.select(config, "hydra.overrides.task", default=[]))
+            self.parent_run_id = self.tracker.start_run(
+                run_name=f"sweep {Path(str(config.hydra.sweep.dir)).as_posix()}",
+                params={},
+                tags={"sweeplab.sweep": "true", "sweeplab.overrides": overrides, **environment_tags()},
+                parent_run_id=None,
+            )
+            os.environ[PARENT_RUN_ENV] = self.parent_run_id
+            os.environ[TRACKING_URI_ENV] = self.tracker.uri
+        except BaseException as err:  # noqa: BLE001 - re-raised in the main thread by parent_run()
+            self._open_error = err
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         from sweeplab import outcome
 
+        self.parent_run()
         children = self.tracker.child_runs(self.parent_run_id)
         parent_tags = self.tracker.run_tags(self.parent_run_id)
         summary = outcome.SweepSummary.from_runs(children, parent_tags)
@@ -296,7 +325,17 @@ class MlflowSweepCallback(Callback):
     def _close_unfinished(self) -> None:
         """At exit of a sweep that never reached on_multirun_end."""
         interrupts.hold()
+        if self._opening is not None:
+            self._opening.join()
+        if self.parent_run_id is None:
+            return  # the store never opened: there is no run to close
         if interrupts.received:
             self.tracker.kill_open_runs(f"sweep interrupted by {interrupts.received}")
         else:
             self.tracker.end_run(self.parent_run_id, "FAILED", "sweep ended early; see the launcher's output")
+
+
+def sweep_callback(hydra_context) -> MlflowSweepCallback | None:
+    """The sweep's MlflowSweepCallback among Hydra's instantiated callbacks (None if it is not configured)."""
+    callbacks = getattr(hydra_context.callbacks, "callbacks", [])
+    return next((cb for cb in callbacks if isinstance(cb, MlflowSweepCallback)), None)

@@ -96,6 +96,7 @@ class Trial:
     iterations: int = 1  # the length of the chain this trial starts
     prompt_template: tuple[str, str] | None = None  # Prompt S/R: (search, replace)
     resume: bool = True  # in a sweep, reuse a FINISHED run of the same config hash instead of running
+    compile: bool = False  # run the denoiser through torch.compile; same trial, same hash
 
     def next_iteration(self, output: Image.Image) -> "Trial":
         """The next link of an iterations chain: this trial's output becomes the init image."""
@@ -147,7 +148,7 @@ def prepare_trial(cfg: DictConfig) -> Trial:
         steps_taken_target=conf.steps_taken_target,
     )
     init = resize_init_image(image, width, height)
-    return Trial(spec, init, conf.preview, tuple(warnings), conf.iterations, template, conf.resume)
+    return Trial(spec, init, conf.preview, tuple(warnings), conf.iterations, template, conf.resume, conf.compile)
 
 
 def _resolve_steps(conf: SweeplabConfig) -> int:

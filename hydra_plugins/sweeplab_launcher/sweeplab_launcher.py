@@ -11,7 +11,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, List, Optional, Sequence
+from typing import Any, Callable, List, Optional, Sequence
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper, BasicSweeperConf
 from hydra.core.config_store import ConfigStore
@@ -86,17 +86,25 @@ class SweeplabLauncher(Launcher):
             log.info("\t#%d : %s", num, " ".join(filter_overrides(overrides)))
         composer = JobComposer(self.hydra_context.config_loader, self.config)
         jobs = [composer.compose(num, list(o)) for num, o in enumerate(job_overrides, start=initial_job_idx)]
-        return run_jobs(jobs, self.batch_size, self.max_loaded_models)
+        return run_jobs(jobs, self.batch_size, self.max_loaded_models, _parent_run(self.hydra_context))
 
 
-def run_jobs(jobs: List[ComposedJob], batch_size: int, max_loaded_models: Optional[int]) -> List[JobReturn]:
+def run_jobs(jobs: List[ComposedJob], batch_size: int, max_loaded_models: Optional[int],
+             parent_run: Callable[[], Optional[str]]) -> List[JobReturn]:
     """The engine over composed jobs; one COMPLETED JobReturn each (failures are FAILED runs, not exceptions)."""
     from sweeplab.engine import ExecutionSettings, SweepEngine
-    from sweeplab.tracking import PARENT_RUN_ENV
 
     settings = ExecutionSettings(batch_size=batch_size, max_loaded_models=max_loaded_models)
-    SweepEngine(settings, parent_run_id=os.environ.get(PARENT_RUN_ENV)).run(jobs)
+    SweepEngine(settings, parent_run=parent_run).run(jobs)
     return [_job_return(job) for job in jobs]
+
+
+def _parent_run(hydra_context: HydraContext) -> Callable[[], Optional[str]]:
+    """How to get the sweep's parent run: from sweeplab's callback, which opens the store in the background."""
+    from sweeplab.tracking import PARENT_RUN_ENV, sweep_callback
+
+    callback = sweep_callback(hydra_context)
+    return callback.parent_run if callback is not None else lambda: os.environ.get(PARENT_RUN_ENV)
 
 
 def _job_return(job: ComposedJob) -> JobReturn:
@@ -139,6 +147,7 @@ class SweeplabSlurmLauncher(SlurmLauncher):
         sweep_dir.mkdir(parents=True, exist_ok=True)
         log.info("Submitit 'slurm' sweep output dir : %s", sweep_dir)
         log.info("%d trials in %d SLURM tasks of up to %d", len(jobs), len(chunks), max(map(len, chunks)))
+        _parent_run(self.hydra_context)()  # tasks find the parent run in the environment they inherit
         state = Singleton.get_state()
         tasks = executor.map_array(self, [[(j.num, j.overrides) for j in chunk] for chunk in chunks],
                                    ["hydra.sweep.dir"] * len(chunks), [c[0].num for c in chunks],
@@ -148,6 +157,7 @@ class SweeplabSlurmLauncher(SlurmLauncher):
     def __call__(self, chunk: list, job_dir_key: str, job_num: int, job_id: str, singleton_state: dict) -> list:
         """One SLURM task: compose its trials and run them through the engine."""
         from sweeplab import interrupts
+        from sweeplab.tracking import PARENT_RUN_ENV
 
         Singleton.set_state(singleton_state)
         setup_globals()
@@ -156,7 +166,7 @@ class SweeplabSlurmLauncher(SlurmLauncher):
         _log_to(self.config, sweep_dir)
         composer = JobComposer(self.hydra_context.config_loader, self.config)
         jobs = [composer.compose(num, list(overrides)) for num, overrides in chunk]
-        return run_jobs(jobs, self.batch_size, max_loaded_models=1)
+        return run_jobs(jobs, self.batch_size, 1, lambda: os.environ.get(PARENT_RUN_ENV))
 
     def _init_params(self) -> dict:
         init = {"folder": self.params["submitit_folder"]}
