@@ -86,7 +86,6 @@ class TrialRun:
     tracker: object
     label: str
     run_id: str | None = None
-    previous: "TrialRun | None" = None  # the link before, in an iterations chain
 
 
 @dataclass
@@ -104,20 +103,21 @@ class SweepEngine:
 
         if self.models is None:
             self.models = PipelineCache(self.settings.max_loaded_models)
-        planned = plan_trials(jobs)  # imports torch and diffusers while the store opens in the background
-        self.parent_run_id = self.parent_run() if self.settings.multirun else None
-        for invalid in (p for p in planned if p.error is not None):
-            self._record_invalid(invalid)
-        runnable = self._skip_finished([p for p in planned if p.trial is not None])
-        writer = RunWriter()
+        writer = None
         try:
+            planned = plan_trials(jobs)  # imports torch and diffusers while the store opens in the background
+            self.parent_run_id = self.parent_run() if self.settings.multirun else None
+            for invalid in (p for p in planned if p.error is not None):
+                self._record_invalid(invalid)
+            runnable = self._skip_finished([p for p in planned if p.trial is not None])
+            writer = RunWriter()
             groups = batches(cost_order(runnable), self.settings.batch_size)
             for group in _progress(groups, total=len(runnable)):
                 self._run_group(group, writer)
             writer.close()
         except BaseException as err:
             interrupts.hold()
-            if not writer.close(WRITER_DRAIN_SECONDS):
+            if writer is not None and not writer.close(WRITER_DRAIN_SECONDS):
                 log.warning("sweeplab: results still queued after %d s are not logged", WRITER_DRAIN_SECONDS)
             for tracker in self._trackers.values():
                 tracker.kill_open_runs(f"interrupted: {err}" if isinstance(err, KeyboardInterrupt) else
@@ -232,7 +232,7 @@ class SweepEngine:
 
     def _start(self, planned: PlannedTrial, trial, writer: RunWriter, previous: TrialRun | None = None,
                label: str | None = None) -> TrialRun:
-        run = TrialRun(planned, self.tracker_for(planned.job), label or self._label(planned), previous=previous)
+        run = TrialRun(planned, self.tracker_for(planned.job), label or self._label(planned))
         tags = self._run_tags(planned, trial)
         parent = self.parent_run_id
 

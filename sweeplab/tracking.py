@@ -208,14 +208,18 @@ def write_step_images(folder: Path, images: list, timestamp_ms: int) -> None:
 
     log_image costs two artifact uploads and a tag write per step; the UI's image slider reads only the
     files' names (`images/<key>+step+<n>+timestamp+<ms>+<uuid>.png` and a `+compressed.webp` thumbnail).
+    log_image also scales every thumbnail to 256 px, up as well as down: a 32 px latent preview becomes a
+    thumbnail 64 times its size that takes longer to encode than the trial's other images together. Here
+    a thumbnail is never larger than its preview.
     """
-    from mlflow.tracking.multimedia import compress_image_size
+    from mlflow.tracking.multimedia import COMPRESSED_IMAGE_SIZE, compress_image_size
 
     folder.mkdir()
     for step, image in enumerate(images):
         stem = f"{STEP_IMAGE_KEY}+step+{step}+timestamp+{timestamp_ms}+{uuid.uuid4()}"
         image.save(folder / f"{stem}.png")
-        compress_image_size(image).save(folder / f"{stem}+compressed.webp")
+        thumbnail = compress_image_size(image) if max(image.size) > COMPRESSED_IMAGE_SIZE else image
+        thumbnail.save(folder / f"{stem}+compressed.webp", method=0)  # libwebp's fastest method
 
 
 def overrides_tag(overrides) -> str:
