@@ -10,9 +10,7 @@ on, and an interruption drains what the writer holds, closes every run still ope
 from __future__ import annotations
 
 import logging
-import os
 import queue
-import socket
 import sys
 import threading
 from dataclasses import dataclass, field
@@ -109,6 +107,7 @@ class SweepEngine:
             self.parent_run_id = self.parent_run() if self.settings.multirun else None
             for invalid in (p for p in planned if p.error is not None):
                 self._record_invalid(invalid)
+            self._close_orphans([p.job for p in planned if p.job.cfg is not None])
             runnable = self._skip_finished([p for p in planned if p.trial is not None])
             writer = RunWriter()
             groups = batches(cost_order(runnable), self.settings.batch_size)
@@ -161,6 +160,16 @@ class SweepEngine:
             for tracker, hashes in skipped.values():
                 tracker.record_skips(self.parent_run_id, hashes)
         return kept
+
+    def _close_orphans(self, jobs: list[ComposedJob]) -> None:
+        """Runs left RUNNING by a process of this host that is gone (kill -9, a crash) are closed as KILLED."""
+        if not self.settings.multirun:
+            return
+        for tracker in {id(t): t for t in map(self.tracker_for, jobs)}.values():
+            closed = tracker.close_orphaned_runs()
+            if closed:
+                print(f"sweeplab: closed {closed} runs left RUNNING by processes that are gone (KILLED, "
+                      f"tag sweeplab.error)", file=sys.stderr)
 
     def _record_invalid(self, planned: PlannedTrial) -> None:
         """A trial that fails validation is a FAILED run carrying the error, before any model loads."""
@@ -289,14 +298,7 @@ class SweepEngine:
     # -- small helpers -----------------------------------------------------------------------------
 
     def _run_tags(self, planned: PlannedTrial, trial) -> dict[str, str]:
-        from sweeplab.tracking import (
-            COMPILE_TAG,
-            CONFIG_HASH_TAG,
-            OWNER_TAG,
-            device_name,
-            environment_tags,
-            overrides_tag,
-        )
+        from sweeplab.tracking import COMPILE_TAG, CONFIG_HASH_TAG, device_name, environment_tags, overrides_tag, owner_tag
 
         spec = trial.spec
         tags = {
@@ -304,7 +306,7 @@ class SweepEngine:
             "sweeplab.overrides": overrides_tag(planned.job.overrides),
             "sweeplab.device": device_name(spec.device),
             "sweeplab.scheduler": spec.scheduler,
-            OWNER_TAG: f"{socket.gethostname()}:{os.getpid()}",
+            **owner_tag(),
             COMPILE_TAG: str(trial.compile).lower(),
             **environment_tags(),
         }

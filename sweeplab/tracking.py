@@ -13,6 +13,7 @@ import functools
 import logging
 import os
 import re
+import socket
 import subprocess
 import tempfile
 import threading
@@ -132,6 +133,24 @@ class MlflowTracker:
                 return found
 
     @interrupts.critical()
+    def close_orphaned_runs(self) -> int:
+        """Close as KILLED the RUNNING runs whose owner process, on this host, is gone (a kill -9, a crash)."""
+        host, closed, token = socket.gethostname(), 0, None
+        while True:
+            page = self.client.search_runs([self.experiment_id], "attributes.status = 'RUNNING'",
+                                           max_results=SEARCH_PAGE, page_token=token)
+            for run in page:
+                owner = run.data.tags.get(OWNER_TAG, "")
+                owner_host, _, pid = owner.rpartition(":")
+                if owner_host == host and pid.isdigit() and not _process_alive(int(pid)):
+                    self.client.set_tag(run.info.run_id, ERROR_TAG, f"orphaned: its process {owner} is gone")
+                    self.client.set_terminated(run.info.run_id, "KILLED")
+                    closed += 1
+            token = page.token
+            if not token:
+                return closed
+
+    @interrupts.critical()
     def record_skips(self, parent_run_id: str, skipped: dict[str, str]) -> None:
         """Note on the sweep's parent run which trials were skipped (config hash -> the FINISHED run reused)."""
         from mlflow.entities import RunTag
@@ -222,6 +241,21 @@ def write_step_images(folder: Path, images: list, timestamp_ms: int) -> None:
         thumbnail.save(folder / f"{stem}+compressed.webp", method=0)  # libwebp's fastest method
 
 
+def owner_tag() -> dict[str, str]:
+    """The process that owns a run while it is RUNNING, so a later sweep can tell an orphan."""
+    return {OWNER_TAG: f"{socket.gethostname()}:{os.getpid()}"}
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # somebody else's process
+        return True
+    return True
+
+
 def overrides_tag(overrides) -> str:
     """The command-line overrides as one tag value, secrets redacted."""
     return " ".join(redact_override(str(override)) for override in overrides or [])
@@ -305,7 +339,7 @@ class MlflowSweepCallback(Callback):
             self.parent_run_id = self.tracker.start_run(
                 run_name=f"sweep {Path(str(config.hydra.sweep.dir)).as_posix()}",
                 params={},
-                tags={"sweeplab.sweep": "true", "sweeplab.overrides": overrides, **environment_tags()},
+                tags={"sweeplab.sweep": "true", "sweeplab.overrides": overrides, **owner_tag(), **environment_tags()},
                 parent_run_id=None,
             )
             os.environ[PARENT_RUN_ENV] = self.parent_run_id

@@ -194,3 +194,25 @@ def test_job_composer_gives_hydras_composition(overrides):
         assert composed.cfg is not None, composed.error
         assert OmegaConf.to_container(composed.cfg) == OmegaConf.to_container(expected)
         assert list(OmegaConf.to_container(composed.cfg)) == list(OmegaConf.to_container(expected))
+
+
+def test_a_later_sweep_closes_the_runs_a_killed_sweep_left_running(tmp_path):
+    sweep = [str(SWEEPLAB), "-m", "width=128", "height=128", "steps=200", "strength=1.0", "seed=1,2",
+             "tracking.log_step_images=false"]
+    killed = subprocess.Popen(sweep, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not _running_children(tmp_path):
+        assert killed.poll() is None and time.monotonic() < deadline
+        time.sleep(0.3)
+    killed.kill()  # SIGKILL: nothing closes its runs
+    killed.wait()
+    assert {r.info.status for r in all_runs(store(tmp_path))} == {"RUNNING"}
+
+    later = subprocess.run([*sweep[:2], *TINY, "steps=2", "strength=1.0", "seed=9"], cwd=tmp_path,
+                           capture_output=True, text=True, timeout=600)
+    assert later.returncode == 0, later.stderr[-3000:]
+    assert "closed 2 runs left RUNNING by processes that are gone" in later.stderr
+    orphans = [r for r in all_runs(store(tmp_path)) if r.data.tags.get("sweeplab.owner", "").endswith(f":{killed.pid}")]
+    assert len(orphans) == 2 and {r.info.status for r in orphans} == {"KILLED"}
+    assert all(r.data.tags["sweeplab.error"].startswith("orphaned: its process") for r in orphans)
+    assert "RUNNING" not in {r.info.status for r in all_runs(store(tmp_path))}
