@@ -29,6 +29,9 @@ WEIGHT_SUFFIXES = (".safetensors", *PICKLE_SUFFIXES)
 HUB_PROBE_TIMEOUT_S = 5  # a model missing from the cache fails this soon without network, not after retries
 
 log = logging.getLogger("sweeplab")
+# Here sweeplab starts to touch diffusers (the toy model, the loader): its pipelines' imports and
+# casts print notices nobody can act on, dropped from here on, in every process that runs trials.
+console.quiet_library_notices()
 
 
 @dataclass(frozen=True)
@@ -237,8 +240,6 @@ class LoadedModel:
 
 def load_img2img_pipeline(source: ModelSource, device: str, dtype) -> LoadedModel:
     """Load the right img2img pipeline class (SD 1.x/2.x or SDXL) through diffusers."""
-    console.quiet_library_notices()  # before diffusers imports its pipelines, which print some
-    check_hub_reachable(source)
     from diffusers import (
         AutoPipelineForImage2Image,
         StableDiffusionImg2ImgPipeline,
@@ -273,6 +274,7 @@ class PipelineCache:
     def get(self, source: ModelSource, device: str, dtype) -> LoadedModel:
         key = (source, device, str(dtype))
         if key not in self._pipelines:
+            check_hub_reachable(source)  # before diffusers' retries, whose error would name the wrong cause
             try:
                 self._pipelines[key] = load_img2img_pipeline(source, device, dtype)
             except (OSError, ValueError) as err:
