@@ -13,7 +13,9 @@ NOTICES = {
     # diffusers' `ModelMixin.to(dtype)` says this on every cast, also when no module needs float32
     "diffusers.models.modeling_utils": re.compile(r"There are modules in \w+ that should be kept in float32: \[\]\."),
     # transformers without torchvision serves image processors from PIL; img2img never uses them
-    "transformers.utils.import_utils": re.compile(r"`\w+` requires torchvision \(not installed\); falling back to `\w+Pil`"),
+    "transformers.utils.import_utils": re.compile(
+        r"`\w+` requires torchvision \(not installed\); falling back to `\w+Pil`"
+    ),
 }
 
 

@@ -222,7 +222,9 @@ def device_name(device: str) -> str:
 def _git_commit(folder: Path) -> str | None:
     """The commit the user's configs and inputs are at; None outside a repository (or without git)."""
     try:
-        out = subprocess.run(["git", "-C", str(folder), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        out = subprocess.run(
+            ["git", "-C", str(folder), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() if out.returncode == 0 else None

@@ -39,8 +39,8 @@ def installed(tmp_path_factory):
     """A fresh virtualenv with the wheel installed; returns its bin/ folder and the environment to run it in."""
     root = tmp_path_factory.mktemp("installed")
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}  # no source tree on the path
-    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(root / "dist"), str(REPO)],
-                           capture_output=True, text=True, env=env)
+    build = [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(root / "dist"), str(REPO)]
+    built = subprocess.run(build, capture_output=True, text=True, env=env)
     assert built.returncode == 0, built.stderr[-3000:]
     (wheel,) = (root / "dist").glob("sweeplab-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
