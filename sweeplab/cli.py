@@ -13,35 +13,30 @@ import logging
 import os
 import signal
 import sys
-from pathlib import Path
+from importlib.metadata import PackageNotFoundError, version
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from sweeplab import interrupts, outcome
+from sweeplab import __version__, interrupts, outcome
+from sweeplab.configsearch import CONF_DIR, PRIMARY_CONFIG, ConfigOptions
 from sweeplab.errors import ConfigError
 from sweeplab.schema import SCHEMA_KEYS
 
 log = logging.getLogger("sweeplab")
-# transformers warns about optional image processors that img2img never uses
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-
-def _conf_dir() -> Path:
-    """conf/ inside the installed package (a wheel), else at the top of the repository (editable install)."""
-    package = Path(__file__).resolve().parent
-    installed = package / "conf"
-    return installed if (installed / "config.yaml").is_file() else package.parent / "conf"
-
-
-CONF_DIR = Path(os.environ.get("SWEEPLAB_CONFIG_DIR") or _conf_dir())
 CONFIG_GROUPS = ("model", "sampler", "tracking", "experiment")
+# What `sweeplab --version` names beside sweeplab: the libraries that decide a trial's result and its record.
+VERSIONED_LIBRARIES = {"torch": "torch", "diffusers": "diffusers", "MLflow": "mlflow", "Hydra": "hydra-core"}
 
 
 def main() -> None:
     """Console script: check the command line, run Hydra, exit non-zero if any trial failed."""
+    if "--version" in sys.argv[1:]:  # Hydra's own --version names only Hydra
+        print(version_line())
+        sys.exit(0)
     try:
         preflight(sys.argv[1:])
     except ConfigError as err:
@@ -58,26 +53,45 @@ def main() -> None:
     sys.exit(outcome.exit_code())
 
 
-def group_options(group: str) -> list[str]:
-    return sorted(path.stem for path in (CONF_DIR / group).glob("*.yaml"))
+def version_line() -> str:
+    """sweeplab's version and those of the libraries it runs on, from the installed packages' metadata."""
+    found = []
+    for label, distribution in VERSIONED_LIBRARIES.items():
+        try:
+            found.append(f"{label} {version(distribution)}")
+        except PackageNotFoundError:
+            found.append(f"{label} not installed")
+    return f"sweeplab {__version__} ({', '.join(found)})"
 
 
 def preflight(argv: list[str]) -> None:
-    """Catch unknown config options and keys in one line before Hydra composes anything."""
+    """Catch what Hydra would refuse with a traceback, and unknown config options and keys, in one line
+    before Hydra composes anything. Hydra's own flags pass through."""
+    from hydra._internal.utils import get_args_parser
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import OverrideParseException
 
-    overrides = [arg for arg in argv if not arg.startswith("-") and "=" in arg]
+    args = get_args_parser().parse_args(argv)  # Hydra's flags; a malformed one ends in argparse's usage line
+    commands = [flag for flag, given in [("--run", args.run), ("--multirun", args.multirun), ("--cfg", args.cfg),
+                                         ("--info", args.info), ("--shell-completion", args.shell_completion)] if given]
+    if len(commands) > 1:
+        raise ConfigError(f"{' and '.join(commands)}: give only one of --run, --multirun, --cfg, --info "
+                          "and --shell-completion")
+    if args.shell_completion:
+        return  # its arguments (install=bash, query=...) are the completion command, not overrides
+    if args.resolve and not (args.cfg or args.help):
+        raise ConfigError("--resolve: only with --cfg or --help")
     try:
-        parsed = OverridesParser.create().parse_overrides(overrides)
+        parsed = OverridesParser.create().parse_overrides(args.overrides)
     except OverrideParseException as err:
         raise ConfigError(str(err).splitlines()[0]) from None
+    options = ConfigOptions(args.config_dir, args.config_name, args.overrides)
     for override in parsed:
         key = override.key_or_group
         if override.is_delete() or override.is_add() or key.startswith("hydra"):
             continue
         if key in CONFIG_GROUPS:
-            allowed = group_options(key)
+            allowed = options.of(key)
             for value in _choice_values(override):
                 if value not in allowed and value != "null":
                     raise ConfigError(f"{key}: unknown option '{value}'{_suggest(value, allowed)}; allowed: {', '.join(allowed)}")
@@ -98,7 +112,7 @@ def _suggest(value: str, allowed: list[str]) -> str:
     return f"; did you mean '{close[0]}'?" if close else ""
 
 
-@hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
+@hydra.main(config_path=str(CONF_DIR), config_name=PRIMARY_CONFIG, version_base="1.3")
 def hydra_app(cfg: DictConfig) -> None:
     run_configured_trial(cfg)
 

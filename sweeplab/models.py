@@ -9,6 +9,7 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+import re
 import struct
 import time
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from typing import Literal
 
 import torch
 
+from sweeplab import console
 from sweeplab.errors import ConfigError
 from sweeplab.render import read_latent_rgb
 from sweeplab.schema import ModelConfig
@@ -24,8 +26,13 @@ from sweeplab.schema import ModelConfig
 SourceKind = Literal["toy", "folder", "single_file", "hub"]
 PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth")
 SAFETENSORS_HEADER_LIMIT = 100 * 1024 * 1024
+WEIGHT_SUFFIXES = (".safetensors", *PICKLE_SUFFIXES)
+HUB_PROBE_TIMEOUT_S = 5  # a model missing from the cache fails this soon without network, not after retries
 
 log = logging.getLogger("sweeplab")
+# Here sweeplab starts to touch diffusers (the toy model, the loader): its pipelines' imports and
+# casts print notices nobody can act on, dropped from here on, in every process that runs trials.
+console.quiet_library_notices()
 
 
 @dataclass(frozen=True)
@@ -70,6 +77,8 @@ def _local_source(model: ModelConfig) -> ModelSource:
         pickles = _pickle_only_weights(path)
         if pickles:
             _check_pickle_allowed(model, f"{where} holds pickle weights ({pickles[0]})")
+        if not model.variant:
+            _check_plain_weights(path, where)
         return ModelSource("folder", str(path), variant=model.variant, allow_pickle=model.allow_pickle)
     if not path.exists():
         raise ConfigError(f"{where} does not exist; expected a diffusers folder or a .safetensors file")
@@ -97,6 +106,57 @@ def _pickle_only_weights(folder: Path) -> list[str]:
         if weights.suffix in PICKLE_SUFFIXES and not any(weights.parent.glob("*.safetensors")):
             found.append(str(weights.relative_to(folder)))
     return found
+
+
+def _check_plain_weights(folder: Path, where: str) -> None:
+    """Without model.variant diffusers wants plain weight files; a component that has only variant files
+    (unet/diffusion_pytorch_model.fp16.safetensors) is named with the setting that loads it."""
+    components: dict[Path, list[Path]] = {}
+    for weights in sorted(folder.rglob("*")):
+        if weights.suffix in WEIGHT_SUFFIXES:
+            components.setdefault(weights.parent, []).append(weights)
+    for files in components.values():
+        variants = [_weights_variant(weights) for weights in files]
+        if all(variants):
+            raise ConfigError(f"{where} has only '{variants[0]}' weights in {files[0].parent.relative_to(folder)}/ "
+                              f"({files[0].name}); set model.variant={variants[0]}")
+
+
+def _weights_variant(weights: Path) -> str | None:
+    """'fp16' for diffusion_pytorch_model.fp16.safetensors (or a shard of it), None for plain weights."""
+    parts = weights.name.split(".")
+    return re.sub(r"-\d+-of-\d+$", "", parts[1]) if len(parts) == 3 else None
+
+
+def check_hub_reachable(source: ModelSource) -> None:
+    """A hub model that is neither in the local cache nor downloadable fails now, in one line, instead of
+    after diffusers' retries with an error about model_index.json."""
+    if source.kind != "hub":
+        return
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(source.location, "model_index.json", revision=source.revision), str):
+        return
+    why = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else _hub_unreachable(constants.ENDPOINT)
+    if why is None:
+        return
+    raise ConfigError(f"model: '{source.location}' is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and "
+                      f"there is no network ({why}); download it once online with HF_HUB_OFFLINE unset, "
+                      "or point model.path= at a local diffusers folder or .safetensors file")
+
+
+def _hub_unreachable(endpoint: str) -> str | None:
+    """Why the hub cannot be reached, or None when it answers (with any HTTP status)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(urllib.request.Request(endpoint, method="HEAD"), timeout=HUB_PROBE_TIMEOUT_S).close()
+    except urllib.error.HTTPError:
+        return None
+    except OSError as err:  # URLError (no DNS, refused, TLS) and timeouts
+        return f"{endpoint} cannot be reached: {getattr(err, 'reason', err)}"
+    return None
 
 
 def _check_safetensors_header(path: Path, where: str) -> dict:
@@ -229,6 +289,7 @@ class PipelineCache:
     def get(self, source: ModelSource, device: str, dtype, compile: bool = False) -> LoadedModel:
         key = (source, device, str(dtype), compile)
         if key not in self._pipelines:
+            check_hub_reachable(source)  # before diffusers' retries, whose error would name the wrong cause
             while self.max_loaded is not None and len(self._pipelines) >= self.max_loaded:
                 self._release(next(iter(self._pipelines)))
             started = time.perf_counter()

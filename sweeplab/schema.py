@@ -86,10 +86,12 @@ class SweeplabConfig:
     compile: bool = False  # torch.compile the denoiser (an execution setting: not part of the config hash)
 
 
+# At the top level, outside the groups, so that they are never listed as options of `model` etc.
+# (--help, the pre-check, shell completion); a group config inherits one with `- /sweeplab_model_schema`.
 ConfigStore.instance().store(name="sweeplab_schema", node=SweeplabConfig)
-ConfigStore.instance().store(group="model", name="sweeplab_model_schema", node=ModelConfig)
-ConfigStore.instance().store(group="sampler", name="sweeplab_sampler_schema", node=SamplerConfig)
-ConfigStore.instance().store(group="tracking", name="sweeplab_tracking_schema", node=TrackingConfig)
+ConfigStore.instance().store(name="sweeplab_model_schema", node=ModelConfig)
+ConfigStore.instance().store(name="sweeplab_sampler_schema", node=SamplerConfig)
+ConfigStore.instance().store(name="sweeplab_tracking_schema", node=TrackingConfig)
 
 
 @dataclass

@@ -44,6 +44,8 @@ OWNER_TAG = "sweeplab.owner"  # host:pid of the process that ran the trial
 COMPILE_TAG = "sweeplab.compile"  # whether the denoiser ran through torch.compile (an execution setting)
 BATCH_SIZE_TAG = "sweeplab.batch_size"  # trials that shared the pipeline call (an execution setting, not identity)
 SEARCH_PAGE = 1000  # MLflow's largest page of search_runs and of log_batch tags
+VERSION_TAG = "sweeplab.version"  # the installed package's version
+GIT_COMMIT_TAG = "sweeplab.git_commit"  # HEAD of the working directory, when it is a git repository
 
 
 def resolve_tracking_uri(configured: str | None) -> str:
@@ -267,11 +269,16 @@ def environment_tags() -> dict[str, str]:
     import diffusers
     import torch
 
+    from sweeplab import __version__
+
     tags = {
-        "sweeplab.git_commit": _git_commit(),
+        VERSION_TAG: __version__,
         "sweeplab.torch_version": torch.__version__,
         "sweeplab.diffusers_version": diffusers.__version__,
     }
+    commit = _git_commit(Path.cwd())
+    if commit:
+        tags[GIT_COMMIT_TAG] = commit
     if "SLURM_JOB_ID" in os.environ:  # which SLURM task ran it: its log is under .submitit/<this>/
         array_task = os.environ.get("SLURM_ARRAY_TASK_ID")
         job = os.environ.get("SLURM_ARRAY_JOB_ID") if array_task else os.environ["SLURM_JOB_ID"]
@@ -287,15 +294,15 @@ def device_name(device: str) -> str:
     return device
 
 
-def _git_commit() -> str:
-    source_dir = Path(__file__).resolve().parent
+def _git_commit(folder: Path) -> str | None:
+    """The commit the user's configs and inputs are at; None outside a repository (or without git)."""
     try:
         out = subprocess.run(
-            ["git", "-C", str(source_dir), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+            ["git", "-C", str(folder), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
         )
     except (OSError, subprocess.TimeoutExpired):
-        return "unknown"
-    return out.stdout.strip() if out.returncode == 0 else "unknown"
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
 
 
 class MlflowSweepCallback(Callback):

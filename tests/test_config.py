@@ -6,11 +6,13 @@ import inspect
 
 import pytest
 
-from sweeplab.cli import group_options, preflight
+from sweeplab.cli import preflight
+from sweeplab.configsearch import ConfigOptions
 from sweeplab.errors import ConfigError
 from sweeplab.samplers import scheduler_class
 from sweeplab.trial import prepare_trial
 
+SHIPPED = ConfigOptions()  # the options conf/ and experiments/ offer
 SAMPLERS = ["ddim", "plms", "k_lms", "k_euler", "k_euler_a", "k_heun", "k_dpm_2", "k_dpm_2_a", "k_dpmpp_2m", "unipc"]
 
 
@@ -22,21 +24,21 @@ def test_defaults_compose_to_the_documented_values(compose_config):
 
 
 def test_every_required_sampler_and_model_exists():
-    assert set(SAMPLERS) <= set(group_options("sampler"))
-    assert {"toy", "sd15", "sd21", "sdxl", "sd_turbo"} <= set(group_options("model"))
+    assert set(SAMPLERS) <= set(SHIPPED.of("sampler"))
+    assert {"toy", "sd15", "sd21", "sdxl", "sd_turbo"} <= set(SHIPPED.of("model"))
 
 
 @pytest.mark.parametrize("name", SAMPLERS)
 def test_karras_variant_exists_exactly_where_the_scheduler_supports_it(compose_config, name):
     cls = scheduler_class(compose_config(f"sampler={name}").sampler.scheduler)
     supports = "use_karras_sigmas" in inspect.signature(cls.__init__).parameters
-    assert (f"{name}_karras" in group_options("sampler")) == supports
+    assert (f"{name}_karras" in SHIPPED.of("sampler")) == supports
     if supports:
         karras = compose_config(f"sampler={name}_karras").sampler
         assert karras.scheduler == cls.__name__ and karras.options.use_karras_sigmas is True
 
 
-@pytest.mark.parametrize("name", group_options("sampler"))
+@pytest.mark.parametrize("name", SHIPPED.of("sampler"))
 def test_every_sampler_config_validates(compose_config, name):
     trial = prepare_trial(compose_config(f"sampler={name}"))
     assert trial.spec.sampler == name

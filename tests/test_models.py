@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -77,9 +79,44 @@ def test_pickle_checkpoints_are_refused(tmp_path):
         resolve_model_source(ModelConfig(name="mine", path=str(path)))
 
 
-def test_hub_model_without_network_fails_in_one_line(sweeplab_cli):
-    done = sweeplab_cli("model=sd15", "steps=4", env={"HF_HUB_OFFLINE": "1"})
+def _one_error_line(done) -> str:
     assert done.returncode != 0
+    assert "Traceback" not in done.stderr and "Loading pipeline components" not in done.stderr
     errors = [line for line in done.stderr.splitlines() if line.startswith("sweeplab: error:")]
-    assert len(errors) == 1 and "model: could not load 'stable-diffusion-v1-5/stable-diffusion-v1-5'" in errors[0]
-    assert "model.path=" in errors[0] and "Traceback" not in done.stderr
+    assert len(errors) == 1, done.stderr[-2000:]
+    return errors[0]
+
+
+@pytest.mark.parametrize(
+    ("env", "why"),
+    [
+        ({"HF_HUB_OFFLINE": "1"}, "HF_HUB_OFFLINE is set"),
+        # the hub's address answers nothing here (discard port): the network path, without HF_HUB_OFFLINE
+        ({"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9"}, "http://127.0.0.1:9 cannot be reached: "),
+    ],
+)
+def test_hub_model_without_network_or_cache_fails_in_one_line(sweeplab_cli, tmp_path, env, why):
+    cache = tmp_path / "hf-cache"
+    started = time.monotonic()
+    done = sweeplab_cli("model=sd15", "steps=4", env={"HF_HUB_CACHE": str(cache), **env})
+    print(f"model=sd15 without network failed after {time.monotonic() - started:.1f} s (process start included)")
+    error = _one_error_line(done)
+    assert error.startswith(f"sweeplab: error: model: 'stable-diffusion-v1-5/stable-diffusion-v1-5' is not in the "
+                            f"Hugging Face cache ({cache}) and there is no network ({why}")
+    assert "HF_HUB_OFFLINE unset" in error and "model.path=" in error
+
+
+def test_a_folder_with_only_fp16_weights_suggests_the_variant(toy_model, tmp_path):
+    from diffusers import StableDiffusionImg2ImgPipeline
+
+    folder = tmp_path / "toy-fp16"
+    StableDiffusionImg2ImgPipeline(**toy_model.pipe.components).save_pretrained(folder, variant="fp16")
+    assert (folder / "unet" / "diffusion_pytorch_model.fp16.safetensors").is_file()
+    with pytest.raises(ConfigError) as info:
+        resolve_model_source(ModelConfig(name="mine", path=str(folder)))
+    assert str(info.value).startswith(f"model.path: '{folder}' has only 'fp16' weights in ")
+    assert str(info.value).endswith("; set model.variant=fp16")
+
+    source = resolve_model_source(ModelConfig(name="mine", path=str(folder), variant="fp16"))
+    loaded = PipelineCache().get(source, "cpu", torch.float32)  # the suggestion loads it
+    assert loaded.pipe.unet.dtype == torch.float32
