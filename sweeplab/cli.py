@@ -181,15 +181,14 @@ def _raw_params(cfg: DictConfig) -> dict[str, str]:
 
 
 def _start_trial_run(tracker, trial, overrides: str, parent: str | None, previous_run_id: str | None) -> str:
-    from sweeplab.tracking import CONFIG_HASH_TAG, device_name, environment_tags
+    from sweeplab.tracking import CONFIG_HASH_TAG, environment_tags
 
     spec = trial.spec
     tags = {
         CONFIG_HASH_TAG: spec.config_hash,
         "sweeplab.overrides": overrides,
-        "sweeplab.device": device_name(spec.device),
         "sweeplab.scheduler": spec.scheduler,
-        **environment_tags(),
+        **environment_tags(spec.device, spec.dtype),
     }
     if trial.prompt_template:
         tags["sweeplab.prompt_search"], tags["sweeplab.prompt_replace"] = trial.prompt_template

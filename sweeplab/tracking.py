@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import functools
+import hashlib
 import logging
 import os
 import re
@@ -35,6 +36,18 @@ CONFIG_HASH_TAG = "sweeplab.config_hash"
 ERROR_TAG = "sweeplab.error"
 SKIPPED_TAG_PREFIX = "sweeplab.skipped."  # on a parent run: config hash -> the FINISHED run reused
 WARNINGS_TAG = "sweeplab.warnings"
+OUTPUT_SHA256_TAG = "sweeplab.output_sha256"  # sha256 of the logged output.png: compares runs of one config hash
+# Where a trial ran, as tags and not in its config hash: none of them names the trial, each can change the low
+# bits of its output (the same trial at OMP_NUM_THREADS=1 and 2 differs in a few pixels by one level).
+DEVICE_TAG = "sweeplab.device"  # the resolved device, by name (the GPU model on cuda)
+DTYPE_TAG = "sweeplab.dtype"  # the resolved dtype
+TORCH_THREADS_TAG = "sweeplab.torch_threads"  # torch.get_num_threads(): OMP_NUM_THREADS, cores
+CPU_CAPABILITY_TAG = "sweeplab.cpu_capability"  # the CPU kernels torch picked: DEFAULT, AVX2, AVX512, ...
+TORCH_VERSION_TAG = "sweeplab.torch_version"
+DIFFUSERS_VERSION_TAG = "sweeplab.diffusers_version"
+GIT_COMMIT_TAG = "sweeplab.git_commit"
+ENVIRONMENT_TAGS = (DEVICE_TAG, DTYPE_TAG, TORCH_THREADS_TAG, CPU_CAPABILITY_TAG, TORCH_VERSION_TAG,
+                    DIFFUSERS_VERSION_TAG, GIT_COMMIT_TAG)
 
 
 def resolve_tracking_uri(configured: str | None) -> str:
@@ -137,6 +150,8 @@ class MlflowTracker:
             if result.mask is not None:
                 result.mask.save(folder / "mask.png")
             result.output.save(folder / "output.png")
+            output_sha256 = hashlib.sha256((folder / "output.png").read_bytes()).hexdigest()
+            self.client.set_tag(run_id, OUTPUT_SHA256_TAG, output_sha256)
             result.start_image.save(folder / "start.png")
             result.latent_strip.save(folder / "latent_strip.png")
             (folder / "config.yaml").write_text(OmegaConf.to_yaml(redact(config)))
@@ -187,16 +202,23 @@ def overrides_tag(overrides) -> str:
 
 
 @functools.cache
-def environment_tags() -> dict[str, str]:
-    """Where a trial ran: code version, library versions, SLURM task, once per process."""
+def environment_tags(device: str | None = None, dtype: str | None = None) -> dict[str, str]:
+    """Where a trial ran: code and library versions, CPU threads and kernels, SLURM task; with a trial's
+    resolved device and dtype, those too. Once per process (and device/dtype pair)."""
     import diffusers
     import torch
 
     tags = {
-        "sweeplab.git_commit": _git_commit(),
-        "sweeplab.torch_version": torch.__version__,
-        "sweeplab.diffusers_version": diffusers.__version__,
+        GIT_COMMIT_TAG: _git_commit(),
+        TORCH_VERSION_TAG: torch.__version__,
+        DIFFUSERS_VERSION_TAG: diffusers.__version__,
+        TORCH_THREADS_TAG: str(torch.get_num_threads()),
+        CPU_CAPABILITY_TAG: torch.backends.cpu.get_cpu_capability(),
     }
+    if device is not None:
+        tags[DEVICE_TAG] = device_name(device)
+    if dtype is not None:
+        tags[DTYPE_TAG] = dtype
     if "SLURM_JOB_ID" in os.environ:  # which SLURM task ran it: its log is under .submitit/<this>/
         array_task = os.environ.get("SLURM_ARRAY_TASK_ID")
         job = os.environ.get("SLURM_ARRAY_JOB_ID") if array_task else os.environ["SLURM_JOB_ID"]

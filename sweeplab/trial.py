@@ -29,14 +29,17 @@ MAX_SEED = 2**63 - 1
 PARAM_KEYS = ("model", "sampler", "strength", "steps", "seed", "cfg_scale", "width", "height", "prompt",
               "negative_prompt", "init_image", "fit", "iteration", "variation_amount", "variation_seed",
               "steps_taken_target")
+RUN_ONLY = {"run_only": True}  # a TrialSpec field that says how this run executes, not which trial it is
 
 
 @dataclass(frozen=True)
 class TrialSpec:
     """What defines one img2img trial; its hash names the trial across runs and machines.
 
-    Fields with defaults are options: at their default they stay out of the hash, so
-    adding an option never renames the trials that do not use it.
+    The hash holds what the user asked for (`device: auto` hashes as auto), never what this
+    machine resolved it to, so a login node and a GPU node agree on a trial's name. Fields
+    with defaults are options: at their default they stay out of the hash, so adding an
+    option never renames the trials that do not use it.
     """
 
     model: str
@@ -54,8 +57,10 @@ class TrialSpec:
     cfg_scale: float
     width: int
     height: int
-    device: str
-    dtype: str
+    requested_device: str  # as configured: auto, cpu, cuda, cuda:N, mps; part of the identity
+    requested_dtype: str  # as configured: auto, float32, float16, bfloat16; part of the identity
+    device: str = field(metadata=RUN_ONLY)  # requested_device resolved on this machine: what the run uses
+    dtype: str = field(metadata=RUN_ONLY)  # requested_dtype resolved for `device`: what the run uses
     inpaint: bool = False
     fit: bool = False
     variation_amount: float = 0.0
@@ -69,7 +74,8 @@ class TrialSpec:
         identity = {
             spec.name: getattr(self, spec.name)
             for spec in fields(self)
-            if spec.default is MISSING or getattr(self, spec.name) != spec.default
+            if not spec.metadata.get("run_only")
+            and (spec.default is MISSING or getattr(self, spec.name) != spec.default)
         }
         identity["model_source"] = self.model_source.identity
         identity["init_image"] = None  # the pixels count, not the path they came from
@@ -137,6 +143,8 @@ def prepare_trial(cfg: DictConfig) -> Trial:
         cfg_scale=conf.cfg_scale,
         width=width,
         height=height,
+        requested_device=conf.device,
+        requested_dtype=conf.dtype,
         device=device,
         dtype=resolve_dtype(conf.dtype, device),
         inpaint=image.mask is not None,
