@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import signal
 import sqlite3
 import subprocess
@@ -70,6 +71,10 @@ def test_same_trial_in_two_processes_gives_identical_output_bytes(sweeplab_cli, 
         hashes.append(run.data.tags["sweeplab.config_hash"])
         local = client.download_artifacts(run.info.run_id, "output.png", str(folder))
         outputs.append(Path(local).read_bytes())
+        tags = run.data.tags  # what can change low bits is recorded beside the identity, never in it
+        assert tags["sweeplab.output_sha256"] == hashlib.sha256(outputs[-1]).hexdigest()
+        assert (tags["sweeplab.device"], tags["sweeplab.dtype"]) == ("cpu", "float32")
+        assert int(tags["sweeplab.torch_threads"]) >= 1 and tags["sweeplab.cpu_capability"]
     assert outputs[0] == outputs[1]
     assert hashes[0] == hashes[1]
 

@@ -5,6 +5,7 @@
     sweeplab-report strips --latest-sweep --experiment demo
     sweeplab-report chains --experiment sweeplab
     sweeplab-report doc-figures --experiment invokeai_img2img --run-missing
+    sweeplab-report determinism --experiment demo
 """
 
 from __future__ import annotations
@@ -63,13 +64,20 @@ def build_parser() -> argparse.ArgumentParser:
                               description="The InvokeAI img2img doc's figures: 10 steps at 0.7 vs 0.4, the "
                               "compensated 50@0.4, 30@0.7 and 29@0.7, and why the step counts differ from the doc.")
     _selection(doc)
+    same = commands.add_parser("determinism", help="trials whose runs gave different output bytes, and why",
+                               description="Every trial (config hash) with FINISHED runs of different output bytes "
+                               "(tag sweeplab.output_sha256), with the environment tags that differ between them: "
+                               "device, dtype, torch threads, CPU kernels, library versions, code.")
+    _selection(same)
     return parser
 
 
-def build_report(args, frame, artifacts, experiment: str):
-    """Dispatch to the subcommand's report builder."""
+def build_report(args, frame, artifacts, experiment: str, every_run):
+    """Dispatch to the subcommand's report builder; `frame` has one run per trial, `every_run` all of them."""
     from sweeplab.report import docfigures, reports
 
+    if args.command == "determinism":
+        return reports.determinism(every_run)
     if args.command == "steps-vs-strength":
         return reports.steps_vs_strength(frame, artifacts, args.thumb)
     if args.command == "grid":
@@ -95,14 +103,14 @@ def run(args) -> list[Path]:
             from sweeplab.report.missing import run_missing
 
             planned = run_missing(client, args.experiment)
-        frame = load_runs(client, args.experiment, args.sweep, args.latest_sweep)
-        experiment = frame["experiment"].iloc[0]
-        frame = one_per_trial(frame)
+        every_run = load_runs(client, args.experiment, args.sweep, args.latest_sweep)
+        experiment = every_run["experiment"].iloc[0]
+        frame = one_per_trial(every_run)
         if planned is not None:
             frame = frame[frame["config_hash"].isin(planned) | frame["config_hash"].isna()].reset_index(drop=True)
         artifacts = Artifacts(client)
         try:
-            report = build_report(args, frame, artifacts, experiment)
+            report = build_report(args, frame, artifacts, experiment, every_run)
         finally:
             artifacts.close()
     except MlflowException as err:
