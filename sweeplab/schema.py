@@ -7,7 +7,8 @@ these dataclasses and turns OmegaConf's errors into one line naming the key.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -123,7 +124,20 @@ def validate_config(cfg: DictConfig) -> SweeplabConfig:
     except ValidationError as err:
         expected = _expected_type(err.full_key)
         raise ConfigError(f"{err.full_key}: {err.msg.splitlines()[0]}; expected {expected}") from None
-    return OmegaConf.to_object(merged)
+    conf = OmegaConf.to_object(merged)
+    _refuse_non_finite(conf)
+    return conf
+
+
+def _refuse_non_finite(conf, prefix: str = "") -> None:
+    """nan and inf pass OmegaConf's float check (`cfg_scale=inf` drew an all-black output); no float key takes them."""
+    for spec in fields(conf):
+        value = getattr(conf, spec.name)
+        if is_dataclass(value):
+            _refuse_non_finite(value, f"{prefix}{spec.name}.")
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{prefix}{spec.name}: {value} is not a finite number; allowed a finite number, "
+                              f"e.g. the default {spec.default}")
 
 
 _TYPE_WORDS = {

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import inspect
+from dataclasses import MISSING, fields, is_dataclass
 
 import pytest
 
 from sweeplab.cli import group_options, preflight
 from sweeplab.errors import ConfigError
 from sweeplab.samplers import scheduler_class
+from sweeplab.schema import SweeplabConfig
 from sweeplab.trial import prepare_trial
 
 SAMPLERS = ["ddim", "plms", "k_lms", "k_euler", "k_euler_a", "k_heun", "k_dpm_2", "k_dpm_2_a", "k_dpmpp_2m", "unipc"]
@@ -131,3 +133,27 @@ def test_preflight_catches_unknown_names_with_a_suggestion(argv, expected):
 
 def test_preflight_accepts_valid_command_lines():
     preflight(["-m", "sampler=k_lms,k_heun", "model.path=/x", "hydra/launcher=basic", "+extra=1", "experiment=demo"])
+
+
+def _float_keys(schema=SweeplabConfig, prefix: str = "") -> list[str]:
+    """Every float key of the schema, nested groups included."""
+    keys = []
+    for spec in fields(schema):
+        if spec.default_factory is not MISSING and is_dataclass(spec.default_factory):
+            keys += _float_keys(spec.default_factory, f"{prefix}{spec.name}.")
+        elif spec.type in (float, "float"):
+            keys.append(prefix + spec.name)
+    return keys
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+@pytest.mark.parametrize("key", _float_keys())
+def test_every_float_key_refuses_non_finite_values_in_one_line(compose_config, key, value):
+    with pytest.raises(ConfigError) as info:
+        prepare_trial(compose_config(f"{key}={value}"))
+    assert str(info.value).startswith(f"{key}: {value} is not a finite number; allowed a finite number, e.g. ")
+    assert "\n" not in str(info.value)
+
+
+def test_the_float_keys_include_cfg_scale_and_strength():
+    assert {"cfg_scale", "strength", "variation_amount"} <= set(_float_keys())

@@ -11,10 +11,11 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
-from sweeplab.report.page import write_report
+from sweeplab.report.page import ReportFolderError, write_report
 from sweeplab.report.runs import (PARAM_KEYS, Artifacts, ReportError, client_for, load_runs, one_per_trial)
 
 PROG = "sweeplab-report"
@@ -26,7 +27,8 @@ def _selection(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--latest-sweep", action="store_true", help="only the trials of the experiment's latest sweep")
     parser.add_argument("--tracking-uri", metavar="URI",
                         help="MLflow store; default MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here")
-    parser.add_argument("--out", metavar="DIR", type=Path, help="output folder; default reports/<experiment>")
+    parser.add_argument("--out", metavar="DIR", type=Path,
+                        help="output folder, used as given; default reports/<experiment> (a safe folder name)")
     parser.add_argument("--run-missing", action="store_true",
                         help="first run the experiment's trials that have no finished run (needs --experiment)")
     parser.add_argument("--thumb", type=int, default=128, metavar="PX", help="thumbnail width (default 128)")
@@ -115,14 +117,19 @@ def run(args) -> list[Path]:
             artifacts.close()
     except MlflowException as err:
         raise ReportError(f"MLflow: {str(err).strip().splitlines()[0]}") from None
-    return write_report(report, args.out or Path("reports") / experiment)
+    return write_report(report, args.out or default_folder(experiment))
+
+
+def default_folder(experiment: str) -> Path:
+    """reports/<experiment>, the name made one safe folder name: `/tmp/v` and `../../x` stay under reports/."""
+    return Path("reports") / (re.sub(r"[^A-Za-z0-9_.-]+", "_", experiment).strip("._") or "experiment")
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         written = run(args)
-    except ReportError as err:
+    except (ReportError, ReportFolderError) as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         sys.exit(2)
     for path in written:
