@@ -46,6 +46,8 @@ CPU_CAPABILITY_TAG = "sweeplab.cpu_capability"  # the CPU kernels torch picked: 
 TORCH_VERSION_TAG = "sweeplab.torch_version"
 DIFFUSERS_VERSION_TAG = "sweeplab.diffusers_version"
 GIT_COMMIT_TAG = "sweeplab.git_commit"
+MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value (mlflow.utils.validation.MAX_PARAM_VAL_LENGTH)
+LONG_PARAM_FOLDER = "params"  # a param over that limit is kept whole as the artifact params/<key>.txt
 ENVIRONMENT_TAGS = (DEVICE_TAG, DTYPE_TAG, TORCH_THREADS_TAG, CPU_CAPABILITY_TAG, TORCH_VERSION_TAG,
                     DIFFUSERS_VERSION_TAG, GIT_COMMIT_TAG)
 
@@ -110,12 +112,15 @@ class MlflowTracker:
         """Create a RUNNING run with its params up front, so a failure still shows what was tried."""
         from mlflow.entities import Param
 
-        params, tags = redact(params), redact(tags)
+        params, tags = {k: str(v) for k, v in redact(params).items()}, redact(tags)
         if parent_run_id:
             tags = {**tags, "mlflow.parentRunId": parent_run_id}
         run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
         self.open_runs.add(run.info.run_id)  # in the same critical call: no RUNNING run goes unknown
-        self.client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
+        self.client.log_batch(run.info.run_id, params=[Param(k, shorten_param(k, v)) for k, v in params.items()])
+        for key, value in params.items():
+            if len(value) > MAX_PARAM_CHARS:
+                self.client.log_text(run.info.run_id, value, f"{LONG_PARAM_FOLDER}/{key}.txt")
         return run.info.run_id
 
     @interrupts.critical()
@@ -194,6 +199,14 @@ class MlflowTracker:
             token = page.token
             if not token:
                 return runs
+
+
+def shorten_param(key: str, value: str) -> str:
+    """A param value within MLflow's limit, which would cut it silently: a longer one says so and where it is whole."""
+    if len(value) <= MAX_PARAM_CHARS:
+        return value
+    note = f" [shortened from {len(value)} characters; the whole value is the artifact {LONG_PARAM_FOLDER}/{key}.txt]"
+    return value[: MAX_PARAM_CHARS - len(note)] + note
 
 
 def overrides_tag(overrides) -> str:

@@ -199,3 +199,16 @@ def test_prompt_sr_sweep_with_an_inpainting_init_image(sweeplab_cli, tmp_path):
         assert child.data.tags["sweeplab.prompt_search"] == "red"
         assert "mask.png" in {a.path for a in client.list_artifacts(child.info.run_id)}
         assert "smaller than 512x512" in child.data.tags["sweeplab.warnings"]
+
+
+def test_a_prompt_over_mlflows_param_limit_is_kept_whole_and_the_param_says_it_was_shortened(sweeplab_cli, tmp_path):
+    prompt = "fire_" * 1400  # 7000 characters; MLflow keeps 6000 of a param
+    done = sweeplab_cli(*TINY, f"prompt={prompt}")
+    assert done.returncode == 0, done.stderr
+    client = store(tmp_path)
+    (run,) = all_runs(client)
+    shown = run.data.params["prompt"]
+    note = " [shortened from 7000 characters; the whole value is the artifact params/prompt.txt]"
+    assert len(shown) == 6000 and shown.endswith(note) and prompt.startswith(shown.removesuffix(note))
+    whole = client.download_artifacts(run.info.run_id, "params/prompt.txt", str(tmp_path))
+    assert Path(whole).read_text() == prompt
