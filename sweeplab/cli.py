@@ -69,10 +69,11 @@ def preflight(argv: list[str]) -> None:
     from hydra.errors import OverrideParseException
 
     overrides = [arg for arg in argv if not arg.startswith("-") and "=" in arg]
+    parser = OverridesParser.create()
     try:
-        parsed = OverridesParser.create().parse_overrides(overrides)
+        parsed = parser.parse_overrides(overrides)
     except OverrideParseException as err:
-        raise ConfigError(str(err).splitlines()[0]) from None
+        raise ConfigError(_unparsable(parser, overrides, err)) from None
     for override in parsed:
         key = override.key_or_group
         if override.is_delete() or override.is_add() or key.startswith("hydra"):
@@ -80,10 +81,46 @@ def preflight(argv: list[str]) -> None:
         if key in CONFIG_GROUPS:
             allowed = group_options(key)
             for value in _choice_values(override):
+                if value == "null" and key != "experiment":
+                    raise ConfigError(f"{key}: null leaves no {key} config; allowed: {', '.join(allowed)}")
                 if value not in allowed and value != "null":
                     raise ConfigError(f"{key}: unknown option '{value}'{_suggest(value, allowed)}; allowed: {', '.join(allowed)}")
+                if key == "experiment" and value != "null":
+                    _check_sweep_keys(value)
         elif key.split(".")[0] not in SCHEMA_KEYS:
-            raise ConfigError(f"{key}: unknown key{_suggest(key, sorted(SCHEMA_KEYS))}; allowed: {', '.join(sorted(SCHEMA_KEYS))}")
+            raise ConfigError(_unknown_key(key))
+
+
+def _unknown_key(key: str) -> str:
+    return f"{key}: unknown key{_suggest(key, sorted(SCHEMA_KEYS))}; allowed: {', '.join(sorted(SCHEMA_KEYS))}"
+
+
+def _unparsable(parser, overrides: list[str], err: Exception) -> str:
+    """Name the override Hydra's grammar rejects and how to quote it (an unquoted emoji is a lexer error)."""
+    from hydra.errors import OverrideParseException
+
+    for override in overrides:
+        try:
+            parser.parse_overrides([override])
+        except OverrideParseException as own:
+            key, _, value = override.partition("=")
+            reason = str(own).splitlines()[0].removesuffix(f": {override}")
+            return (f"{key}: cannot parse the value {value!r} ({reason}); quote values with spaces, emoji or "
+                    f"brackets: '{key}=\"{value}\"'")
+    return str(err).splitlines()[0]
+
+
+def _check_sweep_keys(experiment: str) -> None:
+    """An experiment's hydra.sweeper.params become overrides only when Hydra sweeps: check their keys now."""
+    from omegaconf import OmegaConf
+
+    path = CONF_DIR / "experiment" / f"{experiment}.yaml"
+    if not path.is_file():
+        return
+    params = OmegaConf.select(OmegaConf.load(path), "hydra.sweeper.params", default=None) or {}
+    for key in map(str, params):
+        if key.split(".")[0] not in SCHEMA_KEYS and key not in CONFIG_GROUPS:
+            raise ConfigError(f"{path.name}: hydra.sweeper.params.{_unknown_key(key)}")
 
 
 def _choice_values(override) -> list[str]:
@@ -91,7 +128,8 @@ def _choice_values(override) -> list[str]:
         if override.is_discrete_sweep():
             return [str(value) for value in override.sweep_string_iterator()]
         return []  # glob() and ranges are expanded by Hydra itself
-    return [str(override.value())]
+    value = override.value()
+    return ["null" if value is None else str(value)]
 
 
 def _suggest(value: str, allowed: list[str]) -> str:

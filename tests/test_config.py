@@ -157,3 +157,55 @@ def test_every_float_key_refuses_non_finite_values_in_one_line(compose_config, k
 
 def test_the_float_keys_include_cfg_scale_and_strength():
     assert {"cfg_scale", "strength", "variation_amount"} <= set(_float_keys())
+
+
+def test_safetensors_without_tensors_is_refused_before_diffusers_asks_the_hub(compose_config, tmp_path):
+    empty = tmp_path / "empty.safetensors"
+    empty.write_bytes((2).to_bytes(8, "little") + b"{}")
+    with pytest.raises(ConfigError) as info:
+        prepare_trial(compose_config(f"model.path={empty}"))
+    assert str(info.value) == (f"model.path: '{empty}' holds no tensors (an empty safetensors header); expected a "
+                               "Stable Diffusion checkpoint")
+
+
+def test_diffusers_folder_without_a_listed_component_names_the_component(compose_config, tmp_path):
+    import shutil
+
+    from sweeplab.toy import SHIPPED_DIR
+
+    folder = tmp_path / "no-unet"
+    shutil.copytree(SHIPPED_DIR, folder, ignore=shutil.ignore_patterns("unet"))
+    with pytest.raises(ConfigError) as info:
+        prepare_trial(compose_config(f"model.path={folder}"))
+    assert str(info.value) == (f"model.path: '{folder}' lacks the unet/ folder that its model_index.json lists; "
+                               "expected a complete diffusers pipeline folder")
+
+
+def test_an_unquoted_emoji_gets_a_line_that_says_to_quote_it():
+    with pytest.raises(ConfigError) as info:
+        preflight(["steps=10", "prompt=🔥"])
+    assert str(info.value) == ("prompt: cannot parse the value '🔥' (LexerNoViableAltException); quote values with "
+                               "spaces, emoji or brackets: 'prompt=\"🔥\"'")
+    preflight(['prompt="🔥"'])  # the suggestion works
+
+
+def test_a_null_config_group_is_named_as_null():
+    with pytest.raises(ConfigError, match=r"^sampler: null leaves no sampler config; allowed: ddim, "):
+        preflight(["sampler=null"])
+    preflight(["experiment=null"])  # the default: no named sweep
+
+
+def test_a_misspelt_key_in_an_experiments_sweep_params_fails_in_one_line(tmp_path, monkeypatch):
+    import shutil
+
+    import sweeplab.cli
+
+    conf = tmp_path / "conf"
+    shutil.copytree(sweeplab.cli.CONF_DIR, conf, symlinks=False)
+    (conf / "experiment" / "typo.yaml").write_text(
+        "# @package _global_\nhydra:\n  sweeper:\n    params:\n      strenght: 0.3,0.5\n      seed: 1,2\n")
+    monkeypatch.setattr(sweeplab.cli, "CONF_DIR", conf)
+    with pytest.raises(ConfigError) as info:
+        preflight(["-m", "experiment=typo"])
+    assert str(info.value).startswith("typo.yaml: hydra.sweeper.params.strenght: unknown key; did you mean 'strength'?")
+    preflight(["-m", "experiment=demo"])
