@@ -129,6 +129,20 @@ def _check_components(folder: Path, where: str) -> None:
                               "complete diffusers pipeline folder")
 
 
+SD_VAE_CHANNELS = 128  # the first VAE block of SD 1.x, 2.x and XL, for models whose config is not on disk
+
+
+def vae_channels(source: ModelSource) -> int:
+    """Channels of the VAE's full-resolution block, read from its config without loading weights."""
+    if source.kind in ("toy", "folder"):
+        from sweeplab.toy import SHIPPED_DIR
+
+        config = (SHIPPED_DIR if source.kind == "toy" else Path(source.location)) / "vae" / "config.json"
+        if config.is_file():
+            return int(json.loads(config.read_text()).get("block_out_channels", [SD_VAE_CHANNELS])[0])
+    return SD_VAE_CHANNELS
+
+
 def single_file_is_sdxl(path: str) -> bool:
     """SDXL checkpoints carry a second text encoder under conditioner.embedders.1."""
     header = _check_safetensors_header(Path(path), f"model.path: '{path}'")

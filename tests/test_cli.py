@@ -86,6 +86,8 @@ def test_same_trial_in_two_processes_gives_identical_output_bytes(sweeplab_cli, 
         (["sampler=k_lmss"], "sampler: unknown option 'k_lmss'; did you mean 'k_lms'?"),
         (["init_image=missing.png"], "init_image: 'missing.png' is neither an existing file nor a shipped sketch"),
         (["model.path=notes.txt"], "model.path: 'notes.txt' is not a model"),
+        (["cfg_scale=inf"], "cfg_scale: inf is not a finite number; allowed a finite number, e.g. the default 7.5"),
+        (["width=8192", "height=1000000"], "width x height: 8192x1000000 needs at least"),
     ],
 )
 def test_invalid_config_exits_with_one_line_before_any_model_loads(sweeplab_cli, tmp_path, args, expected):

@@ -209,3 +209,24 @@ def test_a_misspelt_key_in_an_experiments_sweep_params_fails_in_one_line(tmp_pat
         preflight(["-m", "experiment=typo"])
     assert str(info.value).startswith("typo.yaml: hydra.sweeper.params.strenght: unknown key; did you mean 'strength'?")
     preflight(["-m", "experiment=demo"])
+
+
+def test_a_size_that_cannot_fit_is_refused_before_loading(compose_config):
+    from sweeplab.trial import free_memory
+
+    with pytest.raises(ConfigError) as info:
+        prepare_trial(compose_config("width=8192", "height=1000000", "device=cpu"))
+    message = str(info.value)
+    assert message.startswith("width x height: 8192x1000000 needs at least 2929.7 GiB on cpu (the VAE at full "
+                              "resolution), more than the ")  # 32 toy VAE channels x 4 bytes x 3 live copies
+    assert message.endswith(" GiB free; use a smaller width/height, e.g. fit=true width=512 height=512")
+    assert free_memory("cpu") > 0
+    prepare_trial(compose_config("width=512", "height=512", "device=cpu"))  # 96 MiB: fits anywhere
+
+
+def test_unusually_many_steps_warn_with_the_steps_the_run_will_take(compose_config, caplog):
+    trial = prepare_trial(compose_config("steps=600", "strength=0.5"))
+    expected = "steps: 600 is unusually many (more than 500); this trial will take 300 denoising steps"
+    assert expected in trial.warnings
+    assert expected in caplog.text  # said before the run starts, not only after it
+    assert not any("unusually many" in w for w in prepare_trial(compose_config("steps=500")).warnings)
