@@ -81,10 +81,11 @@ def preflight(argv: list[str]) -> None:
         return  # its arguments (install=bash, query=...) are the completion command, not overrides
     if args.resolve and not (args.cfg or args.help):
         raise ConfigError("--resolve: only with --cfg or --help")
+    parser = OverridesParser.create()
     try:
-        parsed = OverridesParser.create().parse_overrides(args.overrides)
+        parsed = parser.parse_overrides(args.overrides)
     except OverrideParseException as err:
-        raise ConfigError(str(err).splitlines()[0]) from None
+        raise ConfigError(_unparsable(parser, args.overrides, err)) from None
     options = ConfigOptions(args.config_dir, args.config_name, args.overrides)
     for override in parsed:
         key = override.key_or_group
@@ -93,10 +94,40 @@ def preflight(argv: list[str]) -> None:
         if key in CONFIG_GROUPS:
             allowed = options.of(key)
             for value in _choice_values(override):
+                if value == "null" and key != "experiment":
+                    raise ConfigError(f"{key}: null leaves no {key} config; allowed: {', '.join(allowed)}")
                 if value not in allowed and value != "null":
                     raise ConfigError(f"{key}: unknown option '{value}'{_suggest(value, allowed)}; allowed: {', '.join(allowed)}")
+                if key == "experiment" and value != "null":
+                    _check_sweep_keys(value, options)
         elif key.split(".")[0] not in SCHEMA_KEYS:
-            raise ConfigError(f"{key}: unknown key{_suggest(key, sorted(SCHEMA_KEYS))}; allowed: {', '.join(sorted(SCHEMA_KEYS))}")
+            raise ConfigError(_unknown_key(key))
+
+
+def _unknown_key(key: str) -> str:
+    return f"{key}: unknown key{_suggest(key, sorted(SCHEMA_KEYS))}; allowed: {', '.join(sorted(SCHEMA_KEYS))}"
+
+
+def _unparsable(parser, overrides: list[str], err: Exception) -> str:
+    """Name the override Hydra's grammar rejects and how to quote it (an unquoted emoji is a lexer error)."""
+    from hydra.errors import OverrideParseException
+
+    for override in overrides:
+        try:
+            parser.parse_overrides([override])
+        except OverrideParseException as own:
+            key, _, value = override.partition("=")
+            reason = str(own).splitlines()[0].removesuffix(f": {override}")
+            return (f"{key}: cannot parse the value {value!r} ({reason}); quote values with spaces, emoji or "
+                    f"brackets: '{key}=\"{value}\"'")
+    return str(err).splitlines()[0]
+
+
+def _check_sweep_keys(experiment: str, options) -> None:
+    """An experiment's hydra.sweeper.params become overrides only when Hydra sweeps: check their keys now."""
+    for key in map(str, options.sweep_params(experiment)):
+        if key.split(".")[0] not in SCHEMA_KEYS and key not in CONFIG_GROUPS:
+            raise ConfigError(f"experiment {experiment}: hydra.sweeper.params.{_unknown_key(key)}")
 
 
 def _choice_values(override) -> list[str]:
@@ -104,7 +135,8 @@ def _choice_values(override) -> list[str]:
         if override.is_discrete_sweep():
             return [str(value) for value in override.sweep_string_iterator()]
         return []  # glob() and ranges are expanded by Hydra itself
-    return [str(override.value())]
+    value = override.value()
+    return ["null" if value is None else str(value)]
 
 
 def _suggest(value: str, allowed: list[str]) -> str:

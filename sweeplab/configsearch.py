@@ -79,3 +79,16 @@ class ConfigOptions:
                                                          overrides=self._searchpath))
         except HydraException as err:
             raise ConfigError(f"hydra.searchpath: {str(err).strip().splitlines()[0]}") from None
+
+    def sweep_params(self, experiment: str) -> dict:
+        """The experiment's `hydra.sweeper.params` as Hydra composes it (a user's file or a shipped one)."""
+        from hydra.errors import HydraException
+        from hydra.types import RunMode
+        from omegaconf import OmegaConf
+
+        try:
+            composed = self._loader.load_configuration(self._config_name, [f"experiment={experiment}", *self._searchpath],
+                                                       run_mode=RunMode.MULTIRUN)
+        except HydraException:
+            return {}  # Hydra itself reports what is wrong with the file when it composes
+        return OmegaConf.to_container(OmegaConf.select(composed, "hydra.sweeper.params", default=None) or {})

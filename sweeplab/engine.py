@@ -298,17 +298,16 @@ class SweepEngine:
     # -- small helpers -----------------------------------------------------------------------------
 
     def _run_tags(self, planned: PlannedTrial, trial) -> dict[str, str]:
-        from sweeplab.tracking import COMPILE_TAG, CONFIG_HASH_TAG, device_name, environment_tags, overrides_tag, owner_tag
+        from sweeplab.tracking import COMPILE_TAG, CONFIG_HASH_TAG, environment_tags, overrides_tag, owner_tag
 
         spec = trial.spec
         tags = {
             CONFIG_HASH_TAG: spec.config_hash,
             "sweeplab.overrides": overrides_tag(planned.job.overrides),
-            "sweeplab.device": device_name(spec.device),
             "sweeplab.scheduler": spec.scheduler,
             **owner_tag(),
             COMPILE_TAG: str(trial.compile).lower(),
-            **environment_tags(),
+            **environment_tags(spec.device, spec.dtype),
         }
         if trial.prompt_template:
             tags["sweeplab.prompt_search"], tags["sweeplab.prompt_replace"] = trial.prompt_template

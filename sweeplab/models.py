@@ -74,6 +74,7 @@ def _local_source(model: ModelConfig) -> ModelSource:
     if path.is_dir():
         if not (path / "model_index.json").is_file():
             raise ConfigError(f"{where} is a folder without model_index.json; expected a diffusers pipeline folder")
+        _check_components(path, where)
         pickles = _pickle_only_weights(path)
         if pickles:
             _check_pickle_allowed(model, f"{where} holds pickle weights ({pickles[0]})")
@@ -171,7 +172,36 @@ def _check_safetensors_header(path: Path, where: str) -> dict:
         raise ConfigError(f"{where} is not a valid .safetensors file") from None
     if not isinstance(header, dict):
         raise ConfigError(f"{where} is not a valid .safetensors file")
+    if not set(header) - {"__metadata__"}:  # diffusers would look the model type up on the hub: a DNS error offline
+        raise ConfigError(f"{where} holds no tensors (an empty safetensors header); expected a Stable Diffusion "
+                          "checkpoint")
     return header
+
+
+def _check_components(folder: Path, where: str) -> None:
+    """Every component model_index.json names has its folder: diffusers reports a missing one as a config.json."""
+    try:
+        index = json.loads((folder / "model_index.json").read_text())
+    except (ValueError, UnicodeDecodeError):
+        raise ConfigError(f"{where}: model_index.json is not valid JSON") from None
+    for name, spec in sorted(index.items()):
+        if not name.startswith("_") and isinstance(spec, list) and spec[0] is not None and not (folder / name).is_dir():
+            raise ConfigError(f"{where} lacks the {name}/ folder that its model_index.json lists; expected a "
+                              "complete diffusers pipeline folder")
+
+
+SD_VAE_CHANNELS = 128  # the first VAE block of SD 1.x, 2.x and XL, for models whose config is not on disk
+
+
+def vae_channels(source: ModelSource) -> int:
+    """Channels of the VAE's full-resolution block, read from its config without loading weights."""
+    if source.kind in ("toy", "folder"):
+        from sweeplab.toy import SHIPPED_DIR
+
+        config = (SHIPPED_DIR if source.kind == "toy" else Path(source.location)) / "vae" / "config.json"
+        if config.is_file():
+            return int(json.loads(config.read_text()).get("block_out_channels", [SD_VAE_CHANNELS])[0])
+    return SD_VAE_CHANNELS
 
 
 def single_file_is_sdxl(path: str) -> bool:

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -132,9 +133,15 @@ def validate_config(cfg: DictConfig) -> SweeplabConfig:
     """
     user_cfg = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k != "hydra"}
     try:
-        return _build(SweeplabConfig, user_cfg)
+        conf = _build(SweeplabConfig, user_cfg)
     except _NotPlain:
-        pass
+        conf = _merge(user_cfg)
+    _refuse_non_finite(conf)
+    return conf
+
+
+def _merge(user_cfg: dict) -> SweeplabConfig:
+    """OmegaConf's structured merge, its errors as one line naming the key and the type expected."""
     try:
         merged = OmegaConf.merge(OmegaConf.structured(SweeplabConfig), user_cfg)
     except ConfigKeyError as err:
@@ -143,6 +150,17 @@ def validate_config(cfg: DictConfig) -> SweeplabConfig:
         expected = _expected_type(err.full_key)
         raise ConfigError(f"{err.full_key}: {err.msg.splitlines()[0]}; expected {expected}") from None
     return OmegaConf.to_object(merged)
+
+
+def _refuse_non_finite(conf, prefix: str = "") -> None:
+    """nan and inf pass OmegaConf's float check (`cfg_scale=inf` drew an all-black output); no float key takes them."""
+    for spec in fields(conf):
+        value = getattr(conf, spec.name)
+        if is_dataclass(value):
+            _refuse_non_finite(value, f"{prefix}{spec.name}.")
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{prefix}{spec.name}: {value} is not a finite number; allowed a finite number, "
+                              f"e.g. the default {spec.default}")
 
 
 class _NotPlain(Exception):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import functools
+import hashlib
 import logging
 import os
 import re
@@ -45,7 +46,20 @@ COMPILE_TAG = "sweeplab.compile"  # whether the denoiser ran through torch.compi
 BATCH_SIZE_TAG = "sweeplab.batch_size"  # trials that shared the pipeline call (an execution setting, not identity)
 SEARCH_PAGE = 1000  # MLflow's largest page of search_runs and of log_batch tags
 VERSION_TAG = "sweeplab.version"  # the installed package's version
+OUTPUT_SHA256_TAG = "sweeplab.output_sha256"  # sha256 of the logged output.png: compares runs of one config hash
+# Where a trial ran, as tags and not in its config hash: none of them names the trial, each can change the low
+# bits of its output (the same trial at OMP_NUM_THREADS=1 and 2 differs in a few pixels by one level).
+DEVICE_TAG = "sweeplab.device"  # the resolved device, by name (the GPU model on cuda)
+DTYPE_TAG = "sweeplab.dtype"  # the resolved dtype
+TORCH_THREADS_TAG = "sweeplab.torch_threads"  # torch.get_num_threads(): OMP_NUM_THREADS, cores
+CPU_CAPABILITY_TAG = "sweeplab.cpu_capability"  # the CPU kernels torch picked: DEFAULT, AVX2, AVX512, ...
+TORCH_VERSION_TAG = "sweeplab.torch_version"
+DIFFUSERS_VERSION_TAG = "sweeplab.diffusers_version"
 GIT_COMMIT_TAG = "sweeplab.git_commit"  # HEAD of the working directory, when it is a git repository
+MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value (mlflow.utils.validation.MAX_PARAM_VAL_LENGTH)
+LONG_PARAM_FOLDER = "params"  # a param over that limit is kept whole as the artifact params/<key>.txt
+ENVIRONMENT_TAGS = (DEVICE_TAG, DTYPE_TAG, TORCH_THREADS_TAG, CPU_CAPABILITY_TAG, TORCH_VERSION_TAG,
+                    DIFFUSERS_VERSION_TAG, GIT_COMMIT_TAG, VERSION_TAG)
 
 
 def resolve_tracking_uri(configured: str | None) -> str:
@@ -109,12 +123,15 @@ class MlflowTracker:
         """Create a RUNNING run with its params up front, so a failure still shows what was tried."""
         from mlflow.entities import Param
 
-        params, tags = redact(params), redact(tags)
+        params, tags = {k: str(v) for k, v in redact(params).items()}, redact(tags)
         if parent_run_id:
             tags = {**tags, "mlflow.parentRunId": parent_run_id}
         run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
         self.open_runs.add(run.info.run_id)  # in the same critical call: no RUNNING run goes unknown
-        self.client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
+        self.client.log_batch(run.info.run_id, params=[Param(k, shorten_param(k, v)) for k, v in params.items()])
+        for key, value in params.items():
+            if len(value) > MAX_PARAM_CHARS:
+                self.client.log_text(run.info.run_id, value, f"{LONG_PARAM_FOLDER}/{key}.txt")
         return run.info.run_id
 
     @interrupts.critical()
@@ -169,19 +186,20 @@ class MlflowTracker:
 
         now = int(time.time() * 1000)
         metrics = {"steps_taken": result.steps_taken, "unet_evals": result.unet_evals, "seconds": result.seconds}
-        tags = {BATCH_SIZE_TAG: str(result.batch_size)}
-        if result.warnings:
-            tags[WARNINGS_TAG] = "\n".join(result.warnings)
-        if log_step_images:
-            tags[LOGGED_IMAGES_TAG] = "True"  # the value log_image writes
-        self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
-                              tags=[RunTag(k, v) for k, v in tags.items()])
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)
             result.init_image.save(folder / "init.png")
             if result.mask is not None:
                 result.mask.save(folder / "mask.png")
             result.output.save(folder / "output.png")
+            tags = {BATCH_SIZE_TAG: str(result.batch_size),
+                    OUTPUT_SHA256_TAG: hashlib.sha256((folder / "output.png").read_bytes()).hexdigest()}
+            if result.warnings:
+                tags[WARNINGS_TAG] = "\n".join(result.warnings)
+            if log_step_images:
+                tags[LOGGED_IMAGES_TAG] = "True"  # the value log_image writes
+            self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
+                                  tags=[RunTag(k, v) for k, v in tags.items()])
             result.start_image.save(folder / "start.png")
             result.latent_strip.save(folder / "latent_strip.png")
             (folder / "config.yaml").write_text(OmegaConf.to_yaml(redact(config)))
@@ -258,14 +276,23 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
+def shorten_param(key: str, value: str) -> str:
+    """A param value within MLflow's limit, which would cut it silently: a longer one says so and where it is whole."""
+    if len(value) <= MAX_PARAM_CHARS:
+        return value
+    note = f" [shortened from {len(value)} characters; the whole value is the artifact {LONG_PARAM_FOLDER}/{key}.txt]"
+    return value[: MAX_PARAM_CHARS - len(note)] + note
+
+
 def overrides_tag(overrides) -> str:
     """The command-line overrides as one tag value, secrets redacted."""
     return " ".join(redact_override(str(override)) for override in overrides or [])
 
 
 @functools.cache
-def environment_tags() -> dict[str, str]:
-    """Where a trial ran: code version, library versions, SLURM task, once per process."""
+def environment_tags(device: str | None = None, dtype: str | None = None) -> dict[str, str]:
+    """Where a trial ran: code and library versions, CPU threads and kernels, SLURM task; with a trial's
+    resolved device and dtype, those too. Once per process (and device/dtype pair)."""
     import diffusers
     import torch
 
@@ -273,12 +300,18 @@ def environment_tags() -> dict[str, str]:
 
     tags = {
         VERSION_TAG: __version__,
-        "sweeplab.torch_version": torch.__version__,
-        "sweeplab.diffusers_version": diffusers.__version__,
+        TORCH_VERSION_TAG: torch.__version__,
+        DIFFUSERS_VERSION_TAG: diffusers.__version__,
+        TORCH_THREADS_TAG: str(torch.get_num_threads()),
+        CPU_CAPABILITY_TAG: torch.backends.cpu.get_cpu_capability(),
     }
     commit = _git_commit(Path.cwd())
     if commit:
         tags[GIT_COMMIT_TAG] = commit
+    if device is not None:
+        tags[DEVICE_TAG] = device_name(device)
+    if dtype is not None:
+        tags[DTYPE_TAG] = dtype
     if "SLURM_JOB_ID" in os.environ:  # which SLURM task ran it: its log is under .submitit/<this>/
         array_task = os.environ.get("SLURM_ARRAY_TASK_ID")
         job = os.environ.get("SLURM_ARRAY_JOB_ID") if array_task else os.environ["SLURM_JOB_ID"]

@@ -5,7 +5,10 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import logging
+import re
 from dataclasses import MISSING, dataclass, field, fields, replace
+from pathlib import Path
 
 from omegaconf import DictConfig
 from PIL import Image
@@ -20,23 +23,30 @@ from sweeplab.images import (
     load_init_image,
     resize_init_image,
 )
-from sweeplab.models import ModelSource, resolve_model_source
+from sweeplab.models import ModelSource, resolve_model_source, vae_channels
 from sweeplab.schema import PreviewConfig, SweeplabConfig, validate_config
+
+log = logging.getLogger("sweeplab")
 
 DTYPES = ("float32", "float16", "bfloat16")
 PREVIEW_METHODS = ("linear", "vae")
 MAX_SEED = 2**63 - 1
+MANY_STEPS = 500  # more nominal steps than this get a warning (UIs stop at 150; schedules have 1000 timesteps)
+LIVE_ACTIVATIONS = 3  # a VAE block's input, output and residual are alive together at full resolution
 PARAM_KEYS = ("model", "sampler", "strength", "steps", "seed", "cfg_scale", "width", "height", "prompt",
               "negative_prompt", "init_image", "fit", "iteration", "variation_amount", "variation_seed",
               "steps_taken_target")
+RUN_ONLY = {"run_only": True}  # a TrialSpec field that says how this run executes, not which trial it is
 
 
 @dataclass(frozen=True)
 class TrialSpec:
     """What defines one img2img trial; its hash names the trial across runs and machines.
 
-    Fields with defaults are options: at their default they stay out of the hash, so
-    adding an option never renames the trials that do not use it.
+    The hash holds what the user asked for (`device: auto` hashes as auto), never what this
+    machine resolved it to, so a login node and a GPU node agree on a trial's name. Fields
+    with defaults are options: at their default they stay out of the hash, so adding an
+    option never renames the trials that do not use it.
     """
 
     model: str
@@ -54,8 +64,10 @@ class TrialSpec:
     cfg_scale: float
     width: int
     height: int
-    device: str
-    dtype: str
+    requested_device: str  # as configured: auto, cpu, cuda, cuda:N, mps; part of the identity
+    requested_dtype: str  # as configured: auto, float32, float16, bfloat16; part of the identity
+    device: str = field(metadata=RUN_ONLY)  # requested_device resolved on this machine: what the run uses
+    dtype: str = field(metadata=RUN_ONLY)  # requested_dtype resolved for `device`: what the run uses
     inpaint: bool = False
     fit: bool = False
     variation_amount: float = 0.0
@@ -69,7 +81,8 @@ class TrialSpec:
         identity = {
             spec.name: getattr(self, spec.name)
             for spec in fields(self)
-            if spec.default is MISSING or getattr(self, spec.name) != spec.default
+            if not spec.metadata.get("run_only")
+            and (spec.default is MISSING or getattr(self, spec.name) != spec.default)
         }
         identity["model_source"] = self.model_source.identity
         identity["init_image"] = None  # the pixels count, not the path they came from
@@ -116,12 +129,18 @@ def prepare_trial(cfg: DictConfig) -> Trial:
     model_source = resolve_model_source(conf.model)
     image = load_init_image(conf.init_image)
     width, height = _trial_size(conf, image.rgb.width, image.rgb.height)
+    device = resolve_device(conf.device)
+    dtype = resolve_dtype(conf.dtype, device)
+    _check_memory(model_source, width, height, device, dtype)
     warnings = []
     if min(image.rgb.size) < SMALL_SIDE:
         warnings.append(SMALL_IMAGE_WARNING.format(w=image.rgb.width, h=image.rgb.height))
+    if steps > MANY_STEPS:
+        warnings.append(f"steps: {steps} is unusually many (more than {MANY_STEPS}); this trial will take "
+                        f"{int(steps * conf.strength)} denoising steps")
+        log.warning("%s", warnings[-1])  # now, not after the long run
     if image.mask is not None and (variations or conf.variation_amount > 0):
         raise ConfigError("variation_amount/with_variations: not supported with a transparent (inpainting) init image")
-    device = resolve_device(conf.device)
     spec = TrialSpec(
         model=conf.model.name,
         model_source=model_source,
@@ -138,8 +157,10 @@ def prepare_trial(cfg: DictConfig) -> Trial:
         cfg_scale=conf.cfg_scale,
         width=width,
         height=height,
+        requested_device=conf.device,
+        requested_dtype=conf.dtype,
         device=device,
-        dtype=resolve_dtype(conf.dtype, device),
+        dtype=dtype,
         inpaint=image.mask is not None,
         fit=conf.fit,
         variation_amount=conf.variation_amount,
@@ -241,6 +262,36 @@ def _check_ranges(conf: SweeplabConfig, steps: int) -> None:
         raise ConfigError(f"preview.method: '{conf.preview.method}' is unknown; allowed: {', '.join(PREVIEW_METHODS)}")
     if not 8 <= conf.preview.tile_size <= 1024:
         raise ConfigError(f"preview.tile_size: {conf.preview.tile_size} is out of range; allowed 8 to 1024")
+
+
+def _check_memory(model_source: ModelSource, width: int, height: int, device: str, dtype: str) -> None:
+    """Refuse, before loading, a size whose VAE activations alone exceed the memory free on the device.
+
+    A lower bound of what the run needs (attention and the UNet come on top), so no trial that fits is refused.
+    """
+    needed = vae_channels(model_source) * width * height * (2 if "16" in dtype else 4) * LIVE_ACTIVATIONS
+    free = free_memory(device)
+    if free is not None and needed > free:
+        raise ConfigError(
+            f"width x height: {width}x{height} needs at least {needed / 2**30:.1f} GiB on {device} (the VAE at full "
+            f"resolution), more than the {free / 2**30:.1f} GiB free; use a smaller width/height, "
+            "e.g. fit=true width=512 height=512")
+
+
+def free_memory(device: str) -> int | None:
+    """Bytes free on the device: MemAvailable for the CPU, the CUDA driver's count for a GPU; None if unknown."""
+    if device.startswith("cuda"):
+        import torch
+
+        return torch.cuda.mem_get_info(torch.device(device))[0]
+    if device == "cpu":
+        try:
+            meminfo = Path("/proc/meminfo").read_text()
+        except OSError:
+            return None
+        found = re.search(r"^MemAvailable:\s+(\d+) kB", meminfo, re.MULTILINE)
+        return int(found.group(1)) * 1024 if found else None
+    return None
 
 
 def _min_steps_for_one(strength: float) -> int:

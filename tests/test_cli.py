@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import signal
 import sqlite3
 import subprocess
@@ -70,6 +71,10 @@ def test_same_trial_in_two_processes_gives_identical_output_bytes(sweeplab_cli, 
         hashes.append(run.data.tags["sweeplab.config_hash"])
         local = client.download_artifacts(run.info.run_id, "output.png", str(folder))
         outputs.append(Path(local).read_bytes())
+        tags = run.data.tags  # what can change low bits is recorded beside the identity, never in it
+        assert tags["sweeplab.output_sha256"] == hashlib.sha256(outputs[-1]).hexdigest()
+        assert (tags["sweeplab.device"], tags["sweeplab.dtype"]) == ("cpu", "float32")
+        assert int(tags["sweeplab.torch_threads"]) >= 1 and tags["sweeplab.cpu_capability"]
     assert outputs[0] == outputs[1]
     assert hashes[0] == hashes[1]
 
@@ -81,6 +86,8 @@ def test_same_trial_in_two_processes_gives_identical_output_bytes(sweeplab_cli, 
         (["sampler=k_lmss"], "sampler: unknown option 'k_lmss'; did you mean 'k_lms'?"),
         (["init_image=missing.png"], "init_image: 'missing.png' is neither an existing file nor a shipped sketch"),
         (["model.path=notes.txt"], "model.path: 'notes.txt' is not a model"),
+        (["cfg_scale=inf"], "cfg_scale: inf is not a finite number; allowed a finite number, e.g. the default 7.5"),
+        (["width=8192", "height=1000000"], "width x height: 8192x1000000 needs at least"),
     ],
 )
 def test_invalid_config_exits_with_one_line_before_any_model_loads(sweeplab_cli, tmp_path, args, expected):
@@ -194,3 +201,16 @@ def test_prompt_sr_sweep_with_an_inpainting_init_image(sweeplab_cli, tmp_path):
         assert child.data.tags["sweeplab.prompt_search"] == "red"
         assert "mask.png" in {a.path for a in client.list_artifacts(child.info.run_id)}
         assert "smaller than 512x512" in child.data.tags["sweeplab.warnings"]
+
+
+def test_a_prompt_over_mlflows_param_limit_is_kept_whole_and_the_param_says_it_was_shortened(sweeplab_cli, tmp_path):
+    prompt = "fire_" * 1400  # 7000 characters; MLflow keeps 6000 of a param
+    done = sweeplab_cli(*TINY, f"prompt={prompt}")
+    assert done.returncode == 0, done.stderr
+    client = store(tmp_path)
+    (run,) = all_runs(client)
+    shown = run.data.params["prompt"]
+    note = " [shortened from 7000 characters; the whole value is the artifact params/prompt.txt]"
+    assert len(shown) == 6000 and shown.endswith(note) and prompt.startswith(shown.removesuffix(note))
+    whole = client.download_artifacts(run.info.run_id, "params/prompt.txt", str(tmp_path))
+    assert Path(whole).read_text() == prompt

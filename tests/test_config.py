@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from dataclasses import MISSING, fields, is_dataclass
 
 import pytest
 
@@ -10,6 +11,7 @@ from sweeplab.cli import preflight
 from sweeplab.configsearch import ConfigOptions
 from sweeplab.errors import ConfigError
 from sweeplab.samplers import scheduler_class
+from sweeplab.schema import SweeplabConfig
 from sweeplab.trial import prepare_trial
 
 SHIPPED = ConfigOptions()  # the options conf/ and experiments/ offer
@@ -155,3 +157,100 @@ def test_fast_validation_equals_the_structured_merge(compose_config, overrides):
 
 
 SCHEMA_FIELDS = ("strength", "steps", "cfg_scale", "fit", "prompt", "width", "variation_seed")
+
+
+def _float_keys(schema=SweeplabConfig, prefix: str = "") -> list[str]:
+    """Every float key of the schema, nested groups included."""
+    keys = []
+    for spec in fields(schema):
+        if spec.default_factory is not MISSING and is_dataclass(spec.default_factory):
+            keys += _float_keys(spec.default_factory, f"{prefix}{spec.name}.")
+        elif spec.type in (float, "float"):
+            keys.append(prefix + spec.name)
+    return keys
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+@pytest.mark.parametrize("key", _float_keys())
+def test_every_float_key_refuses_non_finite_values_in_one_line(compose_config, key, value):
+    with pytest.raises(ConfigError) as info:
+        prepare_trial(compose_config(f"{key}={value}"))
+    assert str(info.value).startswith(f"{key}: {value} is not a finite number; allowed a finite number, e.g. ")
+    assert "\n" not in str(info.value)
+
+
+def test_the_float_keys_include_cfg_scale_and_strength():
+    assert {"cfg_scale", "strength", "variation_amount"} <= set(_float_keys())
+
+
+def test_safetensors_without_tensors_is_refused_before_diffusers_asks_the_hub(compose_config, tmp_path):
+    empty = tmp_path / "empty.safetensors"
+    empty.write_bytes((2).to_bytes(8, "little") + b"{}")
+    with pytest.raises(ConfigError) as info:
+        prepare_trial(compose_config(f"model.path={empty}"))
+    assert str(info.value) == (f"model.path: '{empty}' holds no tensors (an empty safetensors header); expected a "
+                               "Stable Diffusion checkpoint")
+
+
+def test_diffusers_folder_without_a_listed_component_names_the_component(compose_config, tmp_path):
+    import shutil
+
+    from sweeplab.toy import SHIPPED_DIR
+
+    folder = tmp_path / "no-unet"
+    shutil.copytree(SHIPPED_DIR, folder, ignore=shutil.ignore_patterns("unet"))
+    with pytest.raises(ConfigError) as info:
+        prepare_trial(compose_config(f"model.path={folder}"))
+    assert str(info.value) == (f"model.path: '{folder}' lacks the unet/ folder that its model_index.json lists; "
+                               "expected a complete diffusers pipeline folder")
+
+
+def test_an_unquoted_emoji_gets_a_line_that_says_to_quote_it():
+    with pytest.raises(ConfigError) as info:
+        preflight(["steps=10", "prompt=🔥"])
+    assert str(info.value) == ("prompt: cannot parse the value '🔥' (LexerNoViableAltException); quote values with "
+                               "spaces, emoji or brackets: 'prompt=\"🔥\"'")
+    preflight(['prompt="🔥"'])  # the suggestion works
+
+
+def test_a_null_config_group_is_named_as_null():
+    with pytest.raises(ConfigError, match=r"^sampler: null leaves no sampler config; allowed: ddim, "):
+        preflight(["sampler=null"])
+    preflight(["experiment=null"])  # the default: no named sweep
+
+
+def test_a_misspelt_key_in_an_experiments_sweep_params_fails_in_one_line(tmp_path, monkeypatch):
+    import shutil
+
+    import sweeplab.cli
+
+    conf = tmp_path / "conf"
+    shutil.copytree(sweeplab.cli.CONF_DIR, conf, symlinks=False)
+    (conf / "experiment" / "typo.yaml").write_text(
+        "# @package _global_\nhydra:\n  sweeper:\n    params:\n      strenght: 0.3,0.5\n      seed: 1,2\n")
+    monkeypatch.setattr(sweeplab.cli, "CONF_DIR", conf)
+    with pytest.raises(ConfigError) as info:
+        preflight(["-m", "experiment=typo"])
+    assert str(info.value).startswith("typo.yaml: hydra.sweeper.params.strenght: unknown key; did you mean 'strength'?")
+    preflight(["-m", "experiment=demo"])
+
+
+def test_a_size_that_cannot_fit_is_refused_before_loading(compose_config):
+    from sweeplab.trial import free_memory
+
+    with pytest.raises(ConfigError) as info:
+        prepare_trial(compose_config("width=8192", "height=1000000", "device=cpu"))
+    message = str(info.value)
+    assert message.startswith("width x height: 8192x1000000 needs at least 2929.7 GiB on cpu (the VAE at full "
+                              "resolution), more than the ")  # 32 toy VAE channels x 4 bytes x 3 live copies
+    assert message.endswith(" GiB free; use a smaller width/height, e.g. fit=true width=512 height=512")
+    assert free_memory("cpu") > 0
+    prepare_trial(compose_config("width=512", "height=512", "device=cpu"))  # 96 MiB: fits anywhere
+
+
+def test_unusually_many_steps_warn_with_the_steps_the_run_will_take(compose_config, caplog):
+    trial = prepare_trial(compose_config("steps=600", "strength=0.5"))
+    expected = "steps: 600 is unusually many (more than 500); this trial will take 300 denoising steps"
+    assert expected in trial.warnings
+    assert expected in caplog.text  # said before the run starts, not only after it
+    assert not any("unusually many" in w for w in prepare_trial(compose_config("steps=500")).warnings)

@@ -5,15 +5,17 @@
     sweeplab-report strips --latest-sweep --experiment demo
     sweeplab-report chains --experiment sweeplab
     sweeplab-report doc-figures --experiment invokeai_img2img --run-missing
+    sweeplab-report determinism --experiment demo
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
-from sweeplab.report.page import write_report
+from sweeplab.report.page import ReportFolderError, write_report
 from sweeplab.report.runs import (PARAM_KEYS, Artifacts, ReportError, client_for, load_runs, one_per_trial)
 
 PROG = "sweeplab-report"
@@ -25,7 +27,8 @@ def _selection(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--latest-sweep", action="store_true", help="only the trials of the experiment's latest sweep")
     parser.add_argument("--tracking-uri", metavar="URI",
                         help="MLflow store; default MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here")
-    parser.add_argument("--out", metavar="DIR", type=Path, help="output folder; default reports/<experiment>")
+    parser.add_argument("--out", metavar="DIR", type=Path,
+                        help="output folder, used as given; default reports/<experiment> (a safe folder name)")
     parser.add_argument("--run-missing", action="store_true",
                         help="first run the experiment's trials that have no finished run (needs --experiment)")
     parser.add_argument("--thumb", type=int, default=128, metavar="PX", help="thumbnail width (default 128)")
@@ -63,13 +66,20 @@ def build_parser() -> argparse.ArgumentParser:
                               description="The InvokeAI img2img doc's figures: 10 steps at 0.7 vs 0.4, the "
                               "compensated 50@0.4, 30@0.7 and 29@0.7, and why the step counts differ from the doc.")
     _selection(doc)
+    same = commands.add_parser("determinism", help="trials whose runs gave different output bytes, and why",
+                               description="Every trial (config hash) with FINISHED runs of different output bytes "
+                               "(tag sweeplab.output_sha256), with the environment tags that differ between them: "
+                               "device, dtype, torch threads, CPU kernels, library versions, code.")
+    _selection(same)
     return parser
 
 
-def build_report(args, frame, artifacts, experiment: str):
-    """Dispatch to the subcommand's report builder."""
+def build_report(args, frame, artifacts, experiment: str, every_run):
+    """Dispatch to the subcommand's report builder; `frame` has one run per trial, `every_run` all of them."""
     from sweeplab.report import docfigures, reports
 
+    if args.command == "determinism":
+        return reports.determinism(every_run)
     if args.command == "steps-vs-strength":
         return reports.steps_vs_strength(frame, artifacts, args.thumb)
     if args.command == "grid":
@@ -95,26 +105,31 @@ def run(args) -> list[Path]:
             from sweeplab.report.missing import run_missing
 
             planned = run_missing(client, args.experiment)
-        frame = load_runs(client, args.experiment, args.sweep, args.latest_sweep)
-        experiment = frame["experiment"].iloc[0]
-        frame = one_per_trial(frame)
+        every_run = load_runs(client, args.experiment, args.sweep, args.latest_sweep)
+        experiment = every_run["experiment"].iloc[0]
+        frame = one_per_trial(every_run)
         if planned is not None:
             frame = frame[frame["config_hash"].isin(planned) | frame["config_hash"].isna()].reset_index(drop=True)
         artifacts = Artifacts(client)
         try:
-            report = build_report(args, frame, artifacts, experiment)
+            report = build_report(args, frame, artifacts, experiment, every_run)
         finally:
             artifacts.close()
     except MlflowException as err:
         raise ReportError(f"MLflow: {str(err).strip().splitlines()[0]}") from None
-    return write_report(report, args.out or Path("reports") / experiment)
+    return write_report(report, args.out or default_folder(experiment))
+
+
+def default_folder(experiment: str) -> Path:
+    """reports/<experiment>, the name made one safe folder name: `/tmp/v` and `../../x` stay under reports/."""
+    return Path("reports") / (re.sub(r"[^A-Za-z0-9_.-]+", "_", experiment).strip("._") or "experiment")
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         written = run(args)
-    except ReportError as err:
+    except (ReportError, ReportFolderError) as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         sys.exit(2)
     for path in written:

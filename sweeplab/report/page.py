@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import html
 import io
-import shutil
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -72,13 +72,23 @@ def png_bytes(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
+MANIFEST = "MANIFEST"  # NAME/MANIFEST: the files a report wrote, the only ones its next run replaces
+MANIFEST_HEADER = "# written by sweeplab-report: regenerating this report replaces exactly these files"
+
+
+class ReportFolderError(Exception):
+    """The output folder holds a report's file names that sweeplab-report did not write; nothing is replaced."""
+
+
 def write_report(report: Report, out: Path) -> list[Path]:
-    """Write NAME.md, NAME.html, NAME.csv and NAME/*.png, replacing that report's previous files."""
-    out.mkdir(parents=True, exist_ok=True)
+    """Write NAME.md, NAME.html, NAME.csv and NAME/*.png, replacing only the files NAME/MANIFEST lists.
+
+    A report never deletes what it did not make: other files in the folder stay, and a NAME.md or NAME/
+    without a manifest (someone else's) stops the report before anything is written.
+    """
     image_dir = out / report.name
-    if image_dir.exists():
-        shutil.rmtree(image_dir)
-    image_dir.mkdir()
+    _remove_previous(report.name, out)
+    image_dir.mkdir(parents=True, exist_ok=True)
     for src, data in sorted(report.images.items()):
         (out / src).write_bytes(data)
     written = [out / f"{report.name}.md", out / f"{report.name}.html"]
@@ -87,11 +97,32 @@ def write_report(report: Report, out: Path) -> list[Path]:
     if report.data is not None:
         written.append(out / f"{report.name}.csv")
         report.data.to_csv(written[-1], index=False, lineterminator="\n")
+    entries = sorted([*(path.name for path in written), *report.images])
+    (image_dir / MANIFEST).write_text("\n".join([MANIFEST_HEADER, *entries]) + "\n", encoding="utf-8")
     return written
 
 
+def _remove_previous(name: str, out: Path) -> None:
+    """Delete the files the report's last run listed in its manifest; refuse if its names are someone else's."""
+    manifest = out / name / MANIFEST
+    if not manifest.is_file():
+        foreign = [path for path in (out / name, *(out / f"{name}{ext}" for ext in (".md", ".html", ".csv")))
+                   if path.exists()]
+        if foreign:
+            raise ReportFolderError(f"{foreign[0]} exists and was not written by sweeplab-report (no {manifest}); "
+                                    "move it away or pass --out DIR")
+        return
+    root = out.resolve()
+    for entry in manifest.read_text(encoding="utf-8").splitlines()[1:]:
+        path = (out / entry).resolve()
+        if path.is_relative_to(root) and path.is_file():  # a manifest never reaches outside its folder
+            path.unlink()
+    manifest.unlink()
+
+
 def _md_escape(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+    """User text (prompts, paths) as inert Markdown: no raw HTML, no table breaks."""
+    return html.escape(text, quote=False).replace("|", "\\|").replace("\n", " ")
 
 
 def _img_tag(picture: Picture) -> str:
@@ -105,14 +136,15 @@ def _md_item(item) -> str:
 
 
 def to_markdown(report: Report) -> str:
-    lines = [f"# {report.title}", ""]
+    lines = [f"# {_md_escape(report.title)}", ""]
     for kind, block in report.blocks:
         if kind == "h2":
-            lines += [f"## {block}", ""]
+            lines += [f"## {_md_escape(block)}", ""]
         elif kind == "p":
-            lines += [block, ""]
+            lines += [_md_escape(block), ""]
         elif kind == "code":
-            lines += ["```", block, "```", ""]
+            fence = "`" * max([3, *(len(run) + 1 for run in re.findall("`+", block))])  # longer than any in the text
+            lines += [fence, block, fence, ""]
         elif kind == "picture":
             lines += [_md_item(block), ""]
         else:

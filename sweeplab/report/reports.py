@@ -24,6 +24,7 @@ from sweeplab.report.runs import (
     format_value,
     varying_keys,
 )
+from sweeplab.tracking import ENVIRONMENT_TAGS, OUTPUT_SHA256_TAG
 
 IMAGES = {"output": "output.png", "start": "start.png", "init": "init.png", "latent_strip": "latent_strip.png"}
 
@@ -294,4 +295,34 @@ def chains(frame: pd.DataFrame, artifacts: Artifacts, thumb: int = 128) -> Repor
     header = ["chain", "init image", *(f"iteration {index}" for index in range(longest))]
     report.table(Table(header, [row + [[""]] * (len(header) - len(row)) for row in rows]))
     report.data = trial_table(frame, [*keys, "iteration"])
+    return report
+
+
+def determinism(frame: pd.DataFrame) -> Report:
+    """Trials whose FINISHED runs logged different output bytes, with the environment tags that differ between them.
+
+    `frame` holds every run, not one per trial: the point is to compare the runs of one config hash.
+    """
+    report = Report("determinism", "Same trial, same output bytes?")
+    if OUTPUT_SHA256_TAG not in frame:  # runs logged before the digest existed
+        frame = frame.assign(**{OUTPUT_SHA256_TAG: None})
+    done = frame[(frame["status"] == "FINISHED") & frame[OUTPUT_SHA256_TAG].notna()]
+    repeated = [group for _, group in done.groupby("config_hash", sort=True) if len(group) > 1]
+    differing = [group for group in repeated if group[OUTPUT_SHA256_TAG].nunique() > 1]
+    report.text(f"{len(done)} finished runs of {done['config_hash'].nunique()} trials carry an output digest "
+                f"({OUTPUT_SHA256_TAG}); {len(repeated)} trials ran more than once, {len(differing)} of them gave "
+                "different output bytes.")
+    rows = []
+    for group in differing:
+        differs = [tag for tag in ENVIRONMENT_TAGS if tag in group and group[tag].nunique(dropna=False) > 1]
+        for digest, runs in group.groupby(OUTPUT_SHA256_TAG, sort=True):
+            environment = {tag: "/".join(sorted(set(runs[tag].fillna("?")))) for tag in ENVIRONMENT_TAGS if tag in runs}
+            rows.append({"config_hash": runs["config_hash"].iloc[0], "output_sha256": digest, "runs": len(runs),
+                         "differs": ", ".join(f"{tag.removeprefix('sweeplab.')} {environment[tag]}" for tag in differs)
+                         or "nothing recorded", **environment})
+    if rows:
+        header = ["config hash", "output sha256", "runs", "environment that differs"]
+        report.table(Table(header, [[[row["config_hash"]], [row["output_sha256"][:16]], [str(row["runs"])],
+                                     [row["differs"]]] for row in rows]))
+    report.data = pd.DataFrame(rows, columns=["config_hash", "output_sha256", "runs", "differs", *ENVIRONMENT_TAGS])
     return report
