@@ -14,7 +14,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Param
 from PIL import Image
 
-from sweeplab.report.grid import FAILED_FILL, FAILED_INK
+from sweeplab.report.grid import FAILED_FILL, FAILED_INK, GridStyle
 from sweeplab.report.page import Report
 from sweeplab.report.reports import add_grids
 from sweeplab.report.runs import PARAM_KEYS, Artifacts, load_runs, one_per_trial
@@ -95,7 +95,7 @@ def test_grid_2x3_has_layout_size_labels_and_a_marked_failed_row(small_store):
     report = Report("grid", "test")
     artifacts = Artifacts(store)
     try:
-        (layout,) = add_grids(report, frame, artifacts, ["seed", "strength"], cell=96, margin=20, gap=6)
+        (layout,) = add_grids(report, frame, artifacts, ["seed", "strength"], style=GridStyle(cell=96, margin=20, gap=6))
         outputs = {row.seed: artifacts.image(row.run_id, "output.png") for row in frame.itertuples()
                    if row.status == "FINISHED"}
     finally:

@@ -13,6 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from sweeplab.report.grid import DEFAULT_MAX_SIDE, GridStyle
 from sweeplab.report.page import write_report
 from sweeplab.report.runs import (PARAM_KEYS, Artifacts, ReportError, client_for, load_runs, one_per_trial)
 
@@ -51,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument("--margin", type=int, default=16, metavar="PX", help="outer margin (default 16)")
     grid.add_argument("--gap", type=int, default=4, metavar="PX", help="space between cells (default 4)")
     grid.add_argument("--font-size", type=int, default=14, metavar="PX", help="label font size (default 14)")
+    grid.add_argument("--max-side", type=int, default=DEFAULT_MAX_SIDE, metavar="PX",
+                      help=f"largest width or height of a grid file (default {DEFAULT_MAX_SIDE}); past it cells shrink "
+                      "to half their width, then the grid is split into parts")
     strips = commands.add_parser("strips", help="start image, latent strip and output per trial, as in the doc",
                                  description="Each trial's start image (the initial image SD sees), steps, latent "
                                  "strip and output, laid out as in the InvokeAI img2img doc's table.")
@@ -73,8 +77,8 @@ def build_report(args, frame, artifacts, experiment: str):
     if args.command == "steps-vs-strength":
         return reports.steps_vs_strength(frame, artifacts, args.thumb)
     if args.command == "grid":
-        return reports.grid(frame, artifacts, args.x, args.y, args.z, args.image, args.cell, args.margin, args.gap,
-                            args.font_size)
+        style = GridStyle(args.cell, args.margin, args.gap, args.font_size, args.max_side)
+        return reports.grid(frame, artifacts, args.x, args.y, args.z, args.image, style)
     if args.command == "strips":
         return reports.strips(frame, artifacts)
     if args.command == "chains":
