@@ -180,7 +180,7 @@ def test_report_layer_never_imports_torch(small_store, tmp_path):
     script = (
         "import sys\n"
         "from sweeplab.report.cli import main, run, build_parser\n"
-        "import sweeplab.report.docfigures, sweeplab.report.missing\n"
+        "import sweeplab.report.docfigures, sweeplab.report.gridpage, sweeplab.report.missing\n"
         f"run(build_parser().parse_args(['strips', '--experiment', 'small', '--out', {str(tmp_path)!r}]))\n"
         "heavy = sorted(m for m in sys.modules if m.split('.')[0] == 'torch' or m in "
         "('sweeplab.runner', 'sweeplab.models', 'sweeplab.render', 'sweeplab.trial'))\n"

@@ -239,7 +239,8 @@ def fit_grid(legend: str, column_labels: list[str], row_labels: list[str], cell_
         if fit.fits(legend, column_labels, row_labels, style):
             return fit
         rows_each -= 1  # a part's narrower legend wraps onto more lines
-    needed = _side(legend, column_labels[:1], row_labels[:1], style.cell, cell_height, style)
+    widest = _parts(len(column_labels), len(row_labels), 1, 1)[-1]  # one cell with the longest caption
+    needed = _side(f"{legend}. {widest.caption}", column_labels[:1], row_labels[:1], style.cell, cell_height, style)
     raise GridTooSmall(f"--max-side {style.max_side} px cannot hold one {style.cell} px cell with its labels "
                        f"({needed} px); allowed: a larger --max-side or a smaller --cell")
 

@@ -200,15 +200,22 @@ def add_grids(report: Report, frame: pd.DataFrame, artifacts: Artifacts, axes: l
         raise ReportError(f"unknown image '{image}'; allowed: {', '.join(IMAGES)}")
     x, y, z = (*axes, None)[:3]
     cells = index_by(frame, axes)
-    artifacts.fetch(frame, (IMAGES[image],))
     xs, ys = ordered_values(frame, x), ordered_values(frame, y)
     column_labels, row_labels = [f"{x}: {format_value(v)}" for v in xs], [f"{y}: {format_value(v)}" for v in ys]
-    sample = next((artifacts.image(r, IMAGES[image]) for r in frame.loc[frame["status"] == "FINISHED", "run_id"]), None)
+    finished = frame.loc[frame["status"] == "FINISHED", "run_id"]
+    sample = artifacts.image(finished.iloc[0], IMAGES[image]) if len(finished) else None
     cell_height = round(style.cell * sample.height / sample.width) if sample else style.cell
     shared = constants(frame)
+    z_values = ordered_values(frame, z) if z else [None]
+    legends = [f"x: {x}, y: {y}" + (f", {z}: {format_value(v)}" if z else "") + (f". {shared}" if shared else "")
+               for v in z_values]
+    try:  # sizes first: a --max-side too small is refused before every image is downloaded
+        fits = [fit_grid(legend, column_labels, row_labels, cell_height, style) for legend in legends]
+    except GridTooSmall as err:
+        raise ReportError(str(err)) from None
+    artifacts.fetch(frame, (IMAGES[image],))
     layouts = []
-    for number, z_value in enumerate(ordered_values(frame, z) if z else [None], start=1):
-        legend = f"x: {x}, y: {y}" + (f", {z}: {format_value(z_value)}" if z else "") + (f". {shared}" if shared else "")
+    for number, (z_value, legend, fit) in enumerate(zip(z_values, legends, fits), start=1):
         grid_cells = []
         for y_value in ys:
             row_cells = []
@@ -222,10 +229,6 @@ def add_grids(report: Report, frame: pd.DataFrame, artifacts: Artifacts, axes: l
                 else:
                     row_cells.append(artifacts.image(row["run_id"], IMAGES[image]))
             grid_cells.append(row_cells)
-        try:
-            fit = fit_grid(legend, column_labels, row_labels, cell_height, style)
-        except GridTooSmall as err:
-            raise ReportError(str(err)) from None
         if z:
             report.heading(f"{z}: {format_value(z_value)}")
         if fit.note:
