@@ -40,6 +40,12 @@ def compose_config():
     return _compose
 
 
+def report_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """`python -m sweeplab.report ARGS` (the same code as the sweeplab-report script) in cwd."""
+    return subprocess.run([sys.executable, "-m", "sweeplab.report", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=900)
+
+
 @pytest.fixture(scope="session")
 def toy_model():
     """The toy pipeline, loaded once through the same cache the runner uses."""

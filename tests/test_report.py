@@ -14,6 +14,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Param
 from PIL import Image
 
+from conftest import report_cli
 from sweeplab.report.grid import FAILED_FILL, FAILED_INK, GridStyle
 from sweeplab.report.page import Report
 from sweeplab.report.reports import add_grids
@@ -22,11 +23,6 @@ from sweeplab.report.runs import PARAM_KEYS, Artifacts, load_runs, one_per_trial
 # 3 seeds x 2 strengths, strength 1.5 invalid: a 2x3 grid with a failed row, in a few seconds
 GRID_SWEEP = ["-m", "steps=2", "width=64", "height=64", "prompt=fire", "strength=0.5,1.5", "seed=1,2,3",
               "tracking.log_step_images=false", "tracking.experiment=small"]
-
-
-def report_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "sweeplab.report", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=900)
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import io
+import json
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +13,7 @@ import pytest
 from mlflow import MlflowClient
 from PIL import Image
 
-from conftest import SWEEPLAB, assert_same_bytes, browser_page
+from conftest import SWEEPLAB, assert_same_bytes, browser_page, report_cli
 from sweeplab.report.grid import FAILED, FAILED_FILL, FAILED_INK, GridStyle, draw_grid, fit_grid
 from sweeplab.report.gridpage import mlflow_ui
 from sweeplab.report.page import Report, to_markdown
@@ -24,11 +24,6 @@ from sweeplab.report.runs import Artifacts, ReportError, load_runs, one_per_tria
 SWEEP = ["-m", "steps=2,4", "strength=0.5,1.5", "seed=1,2", "width=64", "height=64", "prompt=fire",
          "tracking.log_step_images=false", "tracking.experiment=page"]
 THUMB = 48  # below the toy's 64 px outputs, so the thumbnails really are scaled down
-
-
-def report_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "sweeplab.report", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=900)
 
 
 @pytest.fixture(scope="module")
@@ -233,3 +228,12 @@ def test_fit_grid_parts_cover_every_cell_once_within_the_limit():
         picture, _ = draw_grid(fit.legend(legend, part), *part.labels(columns, rows), part.cells(cells),
                                fit.cell_width, fit.cell_height, GridStyle(max_side=900))
         assert max(picture.size) <= 900 and part.caption.startswith(f"part {fit.parts.index(part) + 1} of ")
+
+
+def test_page_data_cannot_close_its_script_element():
+    from sweeplab.report.gridpage import _markup
+
+    data = {"trials": [{"label": "prompt </script><!-- <b>fire</b>"}]}
+    markup = _markup(data, THUMB)
+    payload = markup.split('<script type="application/json" id="grid-data">')[1].split("</script>")[0]
+    assert "<" not in payload and json.loads(payload) == data

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pandas as pd
 from PIL import Image
 
+from sweeplab.report.grid import FAILED_FILL, FAILED_INK
 from sweeplab.report.page import Report
 from sweeplab.report.reports import (IMAGES, constants, fitted, index_by, label, ordered_values, slug,
                                      trial_table)
@@ -54,7 +55,8 @@ def grid_page(frame: pd.DataFrame, artifacts: Artifacts, x: str | None = None, y
                 "a browser to choose the keys along X and Y, step through the others and switch each cell between "
                 "its output, start image (the initial image SD sees) and latent strip.")
     artifacts.fetch(frame, tuple(IMAGES[name] for name in SHOWN))
-    values = {key: [format_value(value) for value in ordered_values(frame, key)] for key in keys}
+    values = {key: [format_value(value) for value in ordered_values(frame, key)]
+              + (["?"] if frame[key].isna().any() else []) for key in keys}  # "?": a failed trial that lacks it
     trials = [_trial(report, artifacts, row, keys, values, thumb, run_links) for _, row in frame.iterrows()]
     data = {"keys": [{"name": key, "values": values[key]} for key in keys], "x": x, "y": y,
             "shown": list(SHOWN.items()), "trials": trials}
@@ -71,7 +73,7 @@ def _trial(report: Report, artifacts: Artifacts, row, keys: list[str], values: d
     if run_links:
         trial["run"] = f"{run_links}/#/experiments/{row['experiment_id']}/runs/{row['run_id']}"
     if row["status"] != "FINISHED":
-        return {**trial, "error": row["error"] or row["status"]}
+        return {**trial, "error": row["error"] if isinstance(row["error"], str) else row["status"]}
     images = {}
     for name in SHOWN:
         full = artifacts.image(row["run_id"], IMAGES[name])
@@ -92,9 +94,9 @@ def _strip_thumbnail(strip: Image.Image, thumb: int) -> Image.Image:
 
 def _markup(data: dict, thumb: int) -> str:
     """The controls, an empty grid the script fills, the trials as JSON and the script."""
-    payload = json.dumps(data, sort_keys=True, separators=(",", ":")).replace("</", "<\\/")
+    payload = json.dumps(data, sort_keys=True, separators=(",", ":")).replace("<", "\\u003c")  # no </script>
     return "\n".join([
-        f"<style>{PAGE_STYLE.replace('THUMB', str(thumb)).replace('HALF', str(_strip_height(thumb)))}</style>",
+        f"<style>{_style(thumb)}</style>",
         '<form id="controls" onsubmit="return false">',
         '<label>X <select id="axis-x"></select></label> <label>Y <select id="axis-y"></select></label>',
         '<span id="steppers"></span>',
@@ -108,15 +110,27 @@ def _markup(data: dict, thumb: int) -> str:
     ])
 
 
+# @THUMB@, @HALF@, @FILL@ and @LINE@ are filled in by _style; a failed cell is the grid PNG's mark, grey, crossed out.
 PAGE_STYLE = """#controls label{margin-right:1.2em;white-space:nowrap}#steppers label{display:inline-block}
-#grid td{width:THUMBpx}.view{max-width:THUMBpx;overflow-x:auto}.view img.output,.view img.start{width:THUMBpx}
-.view img.latent_strip{height:HALFpx;max-width:none}.toggle button{font-size:11px;padding:1px 4px}
+#grid td{width:@THUMB@px}.view{max-width:@THUMB@px;overflow-x:auto}.view img.output,.view img.start{width:@THUMB@px}
+.view img.latent_strip{height:@HALF@px;max-width:none}.toggle button{font-size:11px;padding:1px 4px}
 .toggle button[aria-pressed=true]{font-weight:bold;background:#cde}.numbers{font-size:12px;color:#444}
-.failed{width:THUMBpx;height:THUMBpx;color:#555;font-size:12px;overflow:hidden;background-color:#bebebe;
-background-image:linear-gradient(to top right,transparent calc(50% - 2px),#6e6e6e calc(50% - 1px),#6e6e6e calc(50% + 1px),
-transparent calc(50% + 2px)),linear-gradient(to bottom right,transparent calc(50% - 2px),#6e6e6e calc(50% - 1px),
-#6e6e6e calc(50% + 1px),transparent calc(50% + 2px))}.failed b{text-decoration:line-through}
-.missing{width:THUMBpx;color:#888}"""
+.failed{width:@THUMB@px;height:@THUMB@px;color:#333;font-size:12px;overflow:hidden;background-color:@FILL@;
+background-image:linear-gradient(to top right,@LINE@),linear-gradient(to bottom right,@LINE@)}
+.failed b{text-decoration:line-through}.missing{width:@THUMB@px;color:#888}"""
+
+
+def _style(thumb: int) -> str:
+    def colour(rgb: tuple[int, int, int]) -> str:
+        return "#" + "".join(f"{channel:02x}" for channel in rgb)
+
+    ink = colour(FAILED_INK)
+    line = f"transparent calc(50% - 2px),{ink} calc(50% - 1px),{ink} calc(50% + 1px),transparent calc(50% + 2px)"
+    css = PAGE_STYLE
+    for token, value in {"THUMB": thumb, "HALF": _strip_height(thumb), "FILL": colour(FAILED_FILL), "LINE": line}.items():
+        css = css.replace(f"@{token}@", str(value))
+    return css
+
 
 # The page's behaviour. State: the X and Y keys, a value index for every other key, what every cell shows and
 # what single cells were switched to. Every change re-renders the table from the JSON.
@@ -143,8 +157,15 @@ PAGE_SCRIPT = """
   for (const select of [axisX, axisY]) {
     select.append(element("option", {value: ""}, "(none)"), ...keys.map(key => element("option", {value: key}, key)));
   }
-  axisX.onchange = () => { if (axisX.value && axisX.value === state.y) state.y = state.x; state.x = axisX.value; render(); };
-  axisY.onchange = () => { if (axisY.value && axisY.value === state.x) state.x = state.y; state.y = axisY.value; render(); };
+  const axis = (name, other, select) => {
+    select.onchange = () => {
+      if (select.value && select.value === state[other]) state[other] = state[name];  // the other axis' key: swap
+      state[name] = select.value;
+      render();
+    };
+  };
+  axis("x", "y", axisX);
+  axis("y", "x", axisY);
   show.onchange = () => { state.show = show.value; state.switched.clear(); render(); };
 
   function drawSteppers() {
