@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import filecmp
 import os
+import shutil
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -15,6 +18,9 @@ import sweeplab.schema  # noqa: F401  registers the ConfigStore schemas the conf
 REPO = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO / "conf"
 SWEEPLAB = Path(sys.executable).parent / "sweeplab"
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -32,6 +38,12 @@ def compose_config():
             return compose(config_name="config", overrides=list(overrides), return_hydra_config=with_hydra)
 
     return _compose
+
+
+def report_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """`python -m sweeplab.report ARGS` (the same code as the sweeplab-report script) in cwd."""
+    return subprocess.run([sys.executable, "-m", "sweeplab.report", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=900)
 
 
 @pytest.fixture(scope="session")
@@ -55,3 +67,53 @@ def sweeplab_cli(tmp_path):
         )
 
     return _run
+
+
+@pytest.fixture(scope="session")
+def chromium() -> Path:
+    """Debian's chromium, installed by scripts/install-browser.sh when missing; in CI its absence fails."""
+    in_ci = os.environ.get("CI") == "true"
+    if not CHROMIUM.exists() and shutil.which("apt-get"):
+        subprocess.run(["bash", str(REPO / "scripts" / "install-browser.sh")], capture_output=True, timeout=1200)
+    if not CHROMIUM.exists():
+        if in_ci:
+            pytest.fail("chromium is missing and scripts/install-browser.sh could not install it")
+        pytest.skip("no /usr/bin/chromium (run scripts/install-browser.sh as root)")
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        if in_ci:
+            pytest.fail("the playwright package is missing (pip install -e '.[test]')")
+        pytest.skip("the playwright package is missing (pip install -e '.[test]')")
+    return CHROMIUM
+
+
+@contextmanager
+def browser_page(chromium: Path, profile: Path, page_file: Path):
+    """A local page loaded in headless chromium (a 1600x1200 window); script errors on it fail the test."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as driver:
+        browser = driver.chromium.launch_persistent_context(
+            str(profile), executable_path=str(chromium), headless=True, args=CHROMIUM_FLAGS,
+            viewport={"width": 1600, "height": 1200})
+        try:
+            page = browser.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            page.goto(page_file.as_uri(), wait_until="load")
+            yield page
+            assert errors == [], f"script errors on {page_file.name}: {errors}"
+        finally:
+            browser.close()
+
+
+def tree(folder: Path) -> list[str]:
+    return sorted(str(path.relative_to(folder)) for path in folder.rglob("*") if path.is_file())
+
+
+def assert_same_bytes(first: Path, second: Path) -> None:
+    """Two report folders hold the same files with the same bytes."""
+    assert tree(first) == tree(second)
+    _, mismatch, errors = filecmp.cmpfiles(first, second, tree(first), shallow=False)
+    assert mismatch == [] and errors == []

@@ -14,7 +14,8 @@ from mlflow import MlflowClient
 from mlflow.entities import Param
 from PIL import Image
 
-from sweeplab.report.grid import FAILED_FILL, FAILED_INK
+from conftest import report_cli
+from sweeplab.report.grid import FAILED_FILL, FAILED_INK, GridStyle
 from sweeplab.report.page import Report
 from sweeplab.report.reports import add_grids
 from sweeplab.report.runs import PARAM_KEYS, Artifacts, load_runs, one_per_trial
@@ -22,11 +23,6 @@ from sweeplab.report.runs import PARAM_KEYS, Artifacts, load_runs, one_per_trial
 # 3 seeds x 2 strengths, strength 1.5 invalid: a 2x3 grid with a failed row, in a few seconds
 GRID_SWEEP = ["-m", "steps=2", "width=64", "height=64", "prompt=fire", "strength=0.5,1.5", "seed=1,2,3",
               "tracking.log_step_images=false", "tracking.experiment=small"]
-
-
-def report_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "sweeplab.report", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=900)
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +91,7 @@ def test_grid_2x3_has_layout_size_labels_and_a_marked_failed_row(small_store):
     report = Report("grid", "test")
     artifacts = Artifacts(store)
     try:
-        (layout,) = add_grids(report, frame, artifacts, ["seed", "strength"], cell=96, margin=20, gap=6)
+        (layout,) = add_grids(report, frame, artifacts, ["seed", "strength"], style=GridStyle(cell=96, margin=20, gap=6))
         outputs = {row.seed: artifacts.image(row.run_id, "output.png") for row in frame.itertuples()
                    if row.status == "FINISHED"}
     finally:
@@ -180,7 +176,7 @@ def test_report_layer_never_imports_torch(small_store, tmp_path):
     script = (
         "import sys\n"
         "from sweeplab.report.cli import main, run, build_parser\n"
-        "import sweeplab.report.docfigures, sweeplab.report.missing\n"
+        "import sweeplab.report.docfigures, sweeplab.report.gridpage, sweeplab.report.missing\n"
         f"run(build_parser().parse_args(['strips', '--experiment', 'small', '--out', {str(tmp_path)!r}]))\n"
         "heavy = sorted(m for m in sys.modules if m.split('.')[0] == 'torch' or m in "
         "('sweeplab.runner', 'sweeplab.models', 'sweeplab.render', 'sweeplab.trial'))\n"

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import filecmp
-import os
 import shutil
 import subprocess
 import sys
@@ -14,11 +12,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import assert_same_bytes, browser_page
+
 EXPERIMENT = "invokeai_img2img"
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
 def report_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -39,16 +35,6 @@ def doc_store(tmp_path_factory) -> tuple[Path, Path]:
     done = regenerate(cwd, cwd / "first")
     assert "8 trials, 0 reused, 8 to run" in done.stderr
     return cwd, cwd / "first"
-
-
-def tree(folder: Path) -> list[str]:
-    return sorted(str(path.relative_to(folder)) for path in folder.rglob("*") if path.is_file())
-
-
-def assert_same_bytes(first: Path, second: Path) -> None:
-    assert tree(first) == tree(second)
-    _, mismatch, errors = filecmp.cmpfiles(first, second, tree(first), shallow=False)
-    assert mismatch == [] and errors == []
 
 
 def test_steps_vs_strength_table_holds_the_measured_numbers(doc_store, tmp_path):
@@ -111,45 +97,16 @@ def test_regenerating_after_deleting_the_store_gives_identical_bytes(doc_store):
     assert_same_bytes(first, fresh / "out")
 
 
-@pytest.fixture(scope="session")
-def chromium() -> Path:
-    """Debian's chromium, installed by scripts/install-browser.sh when missing; in CI its absence fails."""
-    in_ci = os.environ.get("CI") == "true"
-    if not CHROMIUM.exists() and shutil.which("apt-get"):
-        subprocess.run(["bash", str(REPO / "scripts" / "install-browser.sh")], capture_output=True, timeout=1200)
-    if not CHROMIUM.exists():
-        if in_ci:
-            pytest.fail("chromium is missing and scripts/install-browser.sh could not install it")
-        pytest.skip("no /usr/bin/chromium (run scripts/install-browser.sh as root)")
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        if in_ci:
-            pytest.fail("the playwright package is missing (pip install -e '.[test]')")
-        pytest.skip("the playwright package is missing (pip install -e '.[test]')")
-    return CHROMIUM
-
-
 BROKEN_IMAGES = "() => Array.from(document.images).filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src)"
 
 
 def open_page(chromium: Path, profile: Path, page_file: Path, screenshot: Path) -> tuple[int, list[str], str]:
     """Load a page in headless chromium: image count, broken images, visible text; saves a screenshot."""
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as driver:
-        browser = driver.chromium.launch_persistent_context(
-            str(profile), executable_path=str(chromium), headless=True, args=CHROMIUM_FLAGS,
-            viewport={"width": 1600, "height": 1200})
-        try:
-            page = browser.new_page()
-            page.goto(page_file.as_uri(), wait_until="load")
-            count = page.evaluate("() => document.images.length")
-            broken = page.evaluate(BROKEN_IMAGES)
-            text = page.inner_text("body")
-            page.screenshot(path=str(screenshot), full_page=True)
-        finally:
-            browser.close()
+    with browser_page(chromium, profile, page_file) as page:
+        count = page.evaluate("() => document.images.length")
+        broken = page.evaluate(BROKEN_IMAGES)
+        text = page.inner_text("body")
+        page.screenshot(path=str(screenshot), full_page=True)
     return count, broken, text
 
 

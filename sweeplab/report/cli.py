@@ -2,6 +2,7 @@
 
     sweeplab-report steps-vs-strength --experiment demo
     sweeplab-report grid --experiment tree_on_a_hill --x prompt --y seed
+    sweeplab-report grid-page --sweep RUN_ID
     sweeplab-report strips --latest-sweep --experiment demo
     sweeplab-report chains --experiment sweeplab
     sweeplab-report doc-figures --experiment invokeai_img2img --run-missing
@@ -15,8 +16,10 @@ import re
 import sys
 from pathlib import Path
 
+from sweeplab.report.grid import DEFAULT_MAX_SIDE, GridStyle
 from sweeplab.report.page import ReportFolderError, write_report
 from sweeplab.report.runs import (PARAM_KEYS, Artifacts, ReportError, client_for, load_runs, one_per_trial)
+from sweeplab.tracking import resolve_tracking_uri
 
 PROG = "sweeplab-report"
 
@@ -54,6 +57,19 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument("--margin", type=int, default=16, metavar="PX", help="outer margin (default 16)")
     grid.add_argument("--gap", type=int, default=4, metavar="PX", help="space between cells (default 4)")
     grid.add_argument("--font-size", type=int, default=14, metavar="PX", help="label font size (default 14)")
+    grid.add_argument("--max-side", type=int, default=DEFAULT_MAX_SIDE, metavar="PX",
+                      help=f"largest width or height of a grid file (default {DEFAULT_MAX_SIDE}); past it cells shrink "
+                      "to half their width, then the grid is split into parts")
+    page = commands.add_parser("grid-page", help="one interactive HTML page: any swept key on X and Y, step "
+                               "through the others", description="One self-contained HTML page (thumbnails beside "
+                               "it, no server, no network): choose the swept keys along X and Y, step through the "
+                               "other swept keys, switch each cell between output, start image and latent strip.")
+    _selection(page)
+    page.add_argument("--x", metavar="KEY", help="the key along the columns at first (default: the first swept key)")
+    page.add_argument("--y", metavar="KEY", help="the key along the rows at first (default: the next swept key)")
+    page.add_argument("--run-links", nargs="?", const="", metavar="URL",
+                      help="link each cell to its run in the MLflow UI at URL (default: the tracking server); "
+                      "run ids make the page differ between stores")
     strips = commands.add_parser("strips", help="start image, latent strip and output per trial, as in the doc",
                                  description="Each trial's start image (the initial image SD sees), steps, latent "
                                  "strip and output, laid out as in the InvokeAI img2img doc's table.")
@@ -76,15 +92,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def build_report(args, frame, artifacts, experiment: str, every_run):
     """Dispatch to the subcommand's report builder; `frame` has one run per trial, `every_run` all of them."""
-    from sweeplab.report import docfigures, reports
+    from sweeplab.report import docfigures, gridpage, reports
 
     if args.command == "determinism":
         return reports.determinism(every_run)
     if args.command == "steps-vs-strength":
         return reports.steps_vs_strength(frame, artifacts, args.thumb)
     if args.command == "grid":
-        return reports.grid(frame, artifacts, args.x, args.y, args.z, args.image, args.cell, args.margin, args.gap,
-                            args.font_size)
+        style = GridStyle(args.cell, args.margin, args.gap, args.font_size, args.max_side)
+        return reports.grid(frame, artifacts, args.x, args.y, args.z, args.image, style)
+    if args.command == "grid-page":
+        links = None if args.run_links is None else gridpage.mlflow_ui(args.run_links,
+                                                                        resolve_tracking_uri(args.tracking_uri))
+        return gridpage.grid_page(frame, artifacts, args.x, args.y, args.thumb, links)
     if args.command == "strips":
         return reports.strips(frame, artifacts)
     if args.command == "chains":

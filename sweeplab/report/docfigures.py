@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from sweeplab.report.grid import GridStyle
 from sweeplab.report.page import Report
 from sweeplab.report.reports import (Builder, ExtraRow, add_grids, add_steps_vs_strength, constants, index_by,
                                      label, step_notes, strip_table)
@@ -76,7 +77,7 @@ def doc_figures(frame: pd.DataFrame, artifacts: Artifacts, experiment: str, thum
     report.heading("Every trial of the experiment: steps vs strength")
     add_steps_vs_strength(report, frame, artifacts, thumb)
     report.heading("Outputs over steps and strength")
-    add_grids(report, frame, artifacts, ["steps", "strength"], cell=thumb)
+    add_grids(report, frame, artifacts, ["steps", "strength"], style=GridStyle(cell=thumb))
     return report
 
 

@@ -58,6 +58,10 @@ class Report:
     def picture(self, picture: Picture) -> None:
         self.blocks.append(("picture", picture))
 
+    def html(self, markup: str) -> None:
+        """Markup only the HTML page has (an interactive part); the Markdown goes without it."""
+        self.blocks.append(("html", markup))
+
     def add_image(self, stem: str, image: Image.Image, alt: str, width: int | None = None) -> Picture:
         """Keep an image as NAME/STEM.png; the same stem twice is the same file."""
         src = f"{self.name}/{stem}.png"
@@ -147,6 +151,8 @@ def to_markdown(report: Report) -> str:
             lines += [fence, block, fence, ""]
         elif kind == "picture":
             lines += [_md_item(block), ""]
+        elif kind == "html":
+            continue
         else:
             lines.append("| " + " | ".join(_md_escape(h) for h in block.header) + " |")
             lines.append("|" + "---|" * len(block.header))
@@ -178,6 +184,8 @@ def to_html(report: Report) -> str:
             parts.append(f"<pre><code>{html.escape(block)}</code></pre>")
         elif kind == "picture":
             parts.append(_html_item(block))
+        elif kind == "html":
+            parts.append(block)
         else:
             parts.append("<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in block.header) + "</tr>")
             for row in block.rows:

@@ -14,7 +14,7 @@ from typing import Callable
 import pandas as pd
 from PIL import Image
 
-from sweeplab.report.grid import FAILED, MISSING, GridLayout, draw_grid
+from sweeplab.report.grid import FAILED, MISSING, GridLayout, GridStyle, GridTooSmall, draw_grid, fit_grid
 from sweeplab.report.page import Picture, Report, Table
 from sweeplab.report.runs import (
     OPTION_DEFAULTS,
@@ -180,18 +180,18 @@ def add_steps_vs_strength(report: Report, frame: pd.DataFrame, artifacts: Artifa
 
 
 def grid(frame: pd.DataFrame, artifacts: Artifacts, x: str, y: str, z: str | None = None, image: str = "output",
-         cell: int = 128, margin: int = 16, gap: int = 4, font_size: int = 14) -> Report:
+         style: GridStyle = GridStyle()) -> Report:
     """Labelled image grids over X and Y, one per value of Z; failed trials are crossed-out cells."""
     axes = [key for key in (x, y, z) if key]
     report = Report("grid", f"Grid: {x} x {y}" + (f" per {z}" if z else ""))
-    add_grids(report, frame, artifacts, axes, image, cell, margin, gap, font_size)
+    add_grids(report, frame, artifacts, axes, image, style)
     report.data = trial_table(frame, axes)
     return report
 
 
 def add_grids(report: Report, frame: pd.DataFrame, artifacts: Artifacts, axes: list[str], image: str = "output",
-              cell: int = 128, margin: int = 16, gap: int = 4, font_size: int = 14) -> list[GridLayout]:
-    """One grid picture per Z value (axes: X, Y and optionally Z); returns their layouts."""
+              style: GridStyle = GridStyle()) -> list[GridLayout]:
+    """One grid per Z value (axes: X, Y and optionally Z), scaled or split past style.max_side; their layouts."""
     for key in axes:
         if key not in PARAM_KEYS:
             raise ReportError(f"unknown axis key '{key}'; allowed: {', '.join(PARAM_KEYS)}")
@@ -201,14 +201,22 @@ def add_grids(report: Report, frame: pd.DataFrame, artifacts: Artifacts, axes: l
         raise ReportError(f"unknown image '{image}'; allowed: {', '.join(IMAGES)}")
     x, y, z = (*axes, None)[:3]
     cells = index_by(frame, axes)
-    artifacts.fetch(frame, (IMAGES[image],))
     xs, ys = ordered_values(frame, x), ordered_values(frame, y)
-    sample = next((artifacts.image(r, IMAGES[image]) for r in frame.loc[frame["status"] == "FINISHED", "run_id"]), None)
-    cell_height = round(cell * sample.height / sample.width) if sample else cell
+    column_labels, row_labels = [f"{x}: {format_value(v)}" for v in xs], [f"{y}: {format_value(v)}" for v in ys]
+    finished = frame.loc[frame["status"] == "FINISHED", "run_id"]
+    sample = artifacts.image(finished.iloc[0], IMAGES[image]) if len(finished) else None
+    cell_height = round(style.cell * sample.height / sample.width) if sample else style.cell
     shared = constants(frame)
+    z_values = ordered_values(frame, z) if z else [None]
+    legends = [f"x: {x}, y: {y}" + (f", {z}: {format_value(v)}" if z else "") + (f". {shared}" if shared else "")
+               for v in z_values]
+    try:  # sizes first: a --max-side too small is refused before every image is downloaded
+        fits = [fit_grid(legend, column_labels, row_labels, cell_height, style) for legend in legends]
+    except GridTooSmall as err:
+        raise ReportError(str(err)) from None
+    artifacts.fetch(frame, (IMAGES[image],))
     layouts = []
-    for number, z_value in enumerate(ordered_values(frame, z) if z else [None], start=1):
-        legend = f"x: {x}, y: {y}" + (f", {z}: {format_value(z_value)}" if z else "") + (f". {shared}" if shared else "")
+    for number, (z_value, legend, fit) in enumerate(zip(z_values, legends, fits), start=1):
         grid_cells = []
         for y_value in ys:
             row_cells = []
@@ -222,13 +230,18 @@ def add_grids(report: Report, frame: pd.DataFrame, artifacts: Artifacts, axes: l
                 else:
                     row_cells.append(artifacts.image(row["run_id"], IMAGES[image]))
             grid_cells.append(row_cells)
-        picture, layout = draw_grid(legend, [f"{x}: {format_value(v)}" for v in xs], [f"{y}: {format_value(v)}" for v in ys],
-                               grid_cells, cell, cell_height, margin, gap, font_size)
-        stem = f"grid-{x}-{y}" + (f"-{z}{number}" if z else "")
         if z:
             report.heading(f"{z}: {format_value(z_value)}")
-        report.picture(report.add_image(stem, picture, legend))
-        layouts.append(layout)
+        if fit.note:
+            report.text(f"{fit.note[0].upper()}{fit.note[1:]}.")
+        stem = f"grid-{x}-{y}" + (f"-{z}{number}" if z else "")
+        for part_number, part in enumerate(fit.parts, start=1):
+            caption = fit.legend(legend, part)
+            picture, layout = draw_grid(caption, *part.labels(column_labels, row_labels), part.cells(grid_cells),
+                                        fit.cell_width, fit.cell_height, style)
+            part_stem = f"{stem}-part{part_number}" if len(fit.parts) > 1 else stem
+            report.picture(report.add_image(part_stem, picture, caption))
+            layouts.append(layout)
     return layouts
 
 
