@@ -91,4 +91,5 @@ class ConfigOptions:
                                                        run_mode=RunMode.MULTIRUN)
         except HydraException:
             return {}  # Hydra itself reports what is wrong with the file when it composes
-        return OmegaConf.to_container(OmegaConf.select(composed, "hydra.sweeper.params", default=None) or {})
+        params = OmegaConf.select(composed, "hydra.sweeper.params", default=None)
+        return OmegaConf.to_container(params) if params else {}

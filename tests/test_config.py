@@ -220,18 +220,15 @@ def test_a_null_config_group_is_named_as_null():
 
 
 def test_a_misspelt_key_in_an_experiments_sweep_params_fails_in_one_line(tmp_path, monkeypatch):
-    import shutil
-
-    import sweeplab.cli
-
-    conf = tmp_path / "conf"
-    shutil.copytree(sweeplab.cli.CONF_DIR, conf, symlinks=False)
-    (conf / "experiment" / "typo.yaml").write_text(
+    # a user's experiment in the working folder's experiments/, as sweeplab finds it
+    (tmp_path / "experiments").mkdir()
+    (tmp_path / "experiments" / "typo.yaml").write_text(
         "# @package _global_\nhydra:\n  sweeper:\n    params:\n      strenght: 0.3,0.5\n      seed: 1,2\n")
-    monkeypatch.setattr(sweeplab.cli, "CONF_DIR", conf)
+    monkeypatch.chdir(tmp_path)
     with pytest.raises(ConfigError) as info:
         preflight(["-m", "experiment=typo"])
-    assert str(info.value).startswith("typo.yaml: hydra.sweeper.params.strenght: unknown key; did you mean 'strength'?")
+    assert str(info.value).startswith(
+        "experiment typo: hydra.sweeper.params.strenght: unknown key; did you mean 'strength'?")
     preflight(["-m", "experiment=demo"])
 
 
