@@ -185,7 +185,7 @@ def _check_components(folder: Path, where: str) -> None:
     except (ValueError, UnicodeDecodeError):
         raise ConfigError(f"{where}: model_index.json is not valid JSON") from None
     for name, spec in sorted(index.items()):
-        if not name.startswith("_") and isinstance(spec, list) and spec[0] is not None and not (folder / name).is_dir():
+        if not name.startswith("_") and isinstance(spec, list) and spec and spec[0] and not (folder / name).is_dir():
             raise ConfigError(f"{where} lacks the {name}/ folder that its model_index.json lists; expected a "
                               "complete diffusers pipeline folder")
 

@@ -129,7 +129,8 @@ def test_grid_cli_writes_markdown_csv_html_and_one_grid_per_z(small_store, tmp_p
                       "--out", str(tmp_path / "out"), cwd=small_store)
     assert done.returncode == 0, done.stderr
     out = tmp_path / "out"
-    assert sorted(p.name for p in (out / "grid").iterdir()) == [f"grid-strength-model-seed{n}.png" for n in (1, 2, 3)]
+    assert sorted(p.name for p in (out / "grid").iterdir()) == ["MANIFEST", *(f"grid-strength-model-seed{n}.png"
+                                                                               for n in (1, 2, 3))]
     markdown = (out / "grid.md").read_text()
     assert markdown.count("<img ") == 3 and "## seed: 2" in markdown
     csv = pd.read_csv(out / "grid.csv")
@@ -144,7 +145,7 @@ def test_strips_report_has_a_column_per_trial_with_start_strip_and_output(small_
     assert len(rows[0].split(" | ")) == 1 + 6  # a title column and a column per trial
     start_row = next(row for row in rows if row.startswith("| initial image SD sees"))
     assert start_row.count("<img ") == 3 and start_row.count("failed: strength: 1.5 is out of range") == 3
-    images = sorted(p.name for p in (tmp_path / "strips").iterdir())
+    images = sorted(p.name for p in (tmp_path / "strips").glob("*.png"))
     assert images == sorted(f"strength0.5_seed{s}-{kind}.png" for s in (1, 2, 3)
                             for kind in ("start", "latent_strip", "output"))
 
