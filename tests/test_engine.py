@@ -124,7 +124,7 @@ def test_each_model_loads_once_whatever_the_sweep_order(sweeplab_cli, tmp_path):
     # Hydra's product interleaves the models: (seed 1, toy), (seed 1, copy), (seed 2, toy), (seed 2, copy).
     done = sweeplab_cli("-m", *TINY, "steps=2", "strength=1.0", "seed=1,2", f"model.path=null,{copy}")
     assert done.returncode == 0, done.stderr[-3000:]
-    loads = [line for line in done.stderr.splitlines() if "loaded on cpu" in line]
+    loads = [line for line in (done.stdout + done.stderr).splitlines() if "loaded on cpu" in line]  # Hydra logs to stdout
     assert len(loads) == 2, loads
     assert "4 trials: 4 finished, 0 failed" in done.stderr
 
