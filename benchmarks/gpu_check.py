@@ -21,7 +21,7 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from sweep_runs import BenchmarkError, Grid, ProcessRun, Runner, identical_outputs, plain_outputs, sweeplab_outputs
@@ -37,6 +37,7 @@ class Mode:
     trials: int  # trials per process in the overhead comparison
     batch_sizes: tuple[int, ...]  # for images per second
     budget: float  # seconds for the whole check
+    dtype: str = "auto"  # sweeplab's dtype for the built model: float16 once it is known to run on cuda
 
     @classmethod
     def of(cls, tiny: bool, budget: float | None) -> "Mode":
@@ -46,7 +47,7 @@ class Mode:
 
     def grid(self, model_dir: Path, trials: int | None = None) -> Grid:
         return Grid(seeds=tuple(range(1, (trials or self.trials) + 1)), strengths=(1.0,), size=self.size,
-                    steps=self.steps, model_dir=str(model_dir))
+                    steps=self.steps, model_dir=str(model_dir), dtype=self.dtype)
 
 
 def say(name: str, value) -> None:
@@ -109,16 +110,15 @@ def step_throughput(options: argparse.Namespace) -> dict:
     import numpy as np
     import torch
     from diffusers import EulerDiscreteScheduler, StableDiffusionImg2ImgPipeline
-    from PIL import Image
 
-    from sweeplab.sketches import draw_sketch
+    from plain_img2img import init_image
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.float16 if device == "cuda" else torch.float32
     pipe = StableDiffusionImg2ImgPipeline.from_pretrained(options.model, dtype=dtype).to(device)
     pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
-    init = draw_sketch("fireplace", 512, 512).resize((options.size, options.size), Image.Resampling.LANCZOS)
+    init = init_image(options.size)
 
     def generate(batch: int, output_type: str = "pil"):
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in range(1, batch + 1)]
@@ -277,7 +277,9 @@ def orchestrate(options: argparse.Namespace) -> None:
                          clock.require("build", 90 if not mode.tiny else 300, reserve=100))
         run_step("throughput", [*common, "--batch-sizes", ",".join(map(str, mode.batch_sizes))],
                  runner.root / "throughput.json", clock.require("throughput", 60 if not mode.tiny else 300, reserve=80))
-        if built["device"] == "cpu" and not mode.tiny:
+        if built["device"] == "cuda":
+            mode = replace(mode, dtype="float16")
+        elif not mode.tiny:
             say("warning", "no GPU: these are CPU figures (use --tiny for a quick CPU test)")
         compare_overhead(runner, mode, model, clock)
         available = sweeplab_options()

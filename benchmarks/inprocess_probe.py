@@ -8,14 +8,15 @@ and (with --categories) where the main thread's wall-clock time goes.
 - started, finished: time.time() when this file began running and when the program returned
   (the spawning process knows when it spawned: the rest is interpreter start-up and exit);
 - denoiser_calls: time.time() of every call of the first denoiser module (UNet2DConditionModel), found
-  with torch's global forward pre-hook, which is installed as soon as torch is imported (by the program,
-  whenever it imports it: importing torch here first would move its import cost) and replaced by a hook on
-  that one module after its first call, so the hundreds of submodule calls per step are not slowed;
+  with torch's global forward pre-hook, which is installed the moment the program imports torch (an import
+  hook: importing torch here first would move its import cost) and replaced by a hook on that one module
+  after its first call, so the hundreds of submodule calls per step are not slowed;
 - exit_code;
 - with --categories (a JSON list of [name, [pattern, ...]] rows): a stack sampler thread every --interval s.
   Each sample's elapsed time goes to the first row (in table order) with a pattern matching any frame on
   the stack, as fnmatch patterns on "module:qualname"; none: "other". `main_thread` sums the main thread,
-  `other_threads` the other Python threads (thread-seconds), `unmatched` the main thread's "other" time by
+  `other_threads` the other Python threads (thread-seconds; a thread whose innermost frame waits in
+  threading, queue or selectors is idle and not counted), `unmatched` the main thread's "other" time by
   its innermost non-standard-library function, to show what the table misses.
 Standard library only at the top, so the observed program pays for its own imports.
 """
@@ -51,19 +52,19 @@ class StackCategories:
     def __init__(self, rows: list[tuple[str, list[str]]]):
         self.names = [name for name, _ in rows] + [OTHER]
         self._rows = rows
-        self._row_of_code: dict = {}  # code object -> the first row matching that function, or len(rows)
+        self._row_of: dict[tuple[str, str], int] = {}  # (module, qualname) -> its first matching row, or len(rows)
 
     def frame_name(self, frame) -> str:
         return f"{_module(frame)}:{frame.f_code.co_qualname}"
 
     def _row(self, frame) -> int:
-        code = frame.f_code
-        row = self._row_of_code.get(code)
+        key = (_module(frame), frame.f_code.co_qualname)  # not the code object: equal code in two modules compares equal
+        row = self._row_of.get(key)
         if row is None:
-            name = self.frame_name(frame)
+            name = ":".join(key)
             row = next((index for index, (_, patterns) in enumerate(self._rows)
                         if any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)), len(self._rows))
-            self._row_of_code[code] = row
+            self._row_of[key] = row
         return row
 
     def of_stack(self, frame) -> str:
@@ -85,53 +86,75 @@ def innermost_library_function(frame, categories: StackCategories) -> str:
     return categories.frame_name(innermost)
 
 
-class Observer(threading.Thread):
-    """Installs the denoiser hook once torch is imported; with categories, samples stacks until stopped."""
+class AfterImport:
+    """A sys.meta_path finder that calls `then(module)` right after the program imports module `name`."""
 
-    def __init__(self, categories: StackCategories | None, interval: float):
+    def __init__(self, name: str, then):
+        self.name = name
+        self.then = then
+
+    def find_spec(self, fullname: str, path, target=None):
+        if fullname != self.name:
+            return None
+        sys.meta_path.remove(self)
+        spec = next(filter(None, (finder.find_spec(fullname, path, target) for finder in sys.meta_path
+                                  if hasattr(finder, "find_spec"))), None)
+        if spec is not None and spec.loader is not None:
+            load = spec.loader.exec_module
+
+            def exec_module(module):
+                load(module)
+                self.then(module)
+
+            spec.loader.exec_module = exec_module
+        return spec
+
+
+class DenoiserCalls:
+    """time.time() of each call of the first denoiser module, via torch's global forward pre-hook."""
+
+    def __init__(self):
+        self.times: list[float] = []
+        self._global_hook = None
+        sys.meta_path.insert(0, AfterImport(TORCH_MODULE, self._install))
+
+    def _install(self, torch_module) -> None:
+        self._global_hook = torch_module.register_module_forward_pre_hook(self._on_any_forward)
+
+    def _on_any_forward(self, module, args) -> None:
+        if type(module).__name__ not in DENOISER_CLASSES or self.times:
+            return
+        self.times.append(time.time())
+        self._global_hook.remove()  # torch copied the hook list for this call: removing it here is safe
+        module.register_forward_pre_hook(self._on_denoiser)
+
+    def _on_denoiser(self, module, args) -> None:
+        self.times.append(time.time())
+
+
+class StackSampler(threading.Thread):
+    """Every `interval` seconds, adds the time since the last sample to each Python thread's stack category."""
+
+    def __init__(self, categories: StackCategories, interval: float):
         super().__init__(name="inprocess-probe", daemon=True)
         self.categories = categories
         self.interval = interval
-        self.denoiser_calls: list[float] = []
         self.main_thread: Counter = Counter()
         self.other_threads: Counter = Counter()
         self.unmatched: Counter = Counter()
-        self._global_hook = None
         self._stopping = threading.Event()
         self._main_id = threading.main_thread().ident
 
     def run(self) -> None:
         last = time.perf_counter()
         while not self._stopping.wait(self.interval):
-            if self._global_hook is None:
-                self._install_hook()
-            elif self.categories is None:
-                return  # hook in place, nothing to sample
-            if self.categories is not None:
-                now = time.perf_counter()
-                self._sample(now - last)
-                last = now
+            now = time.perf_counter()
+            self._sample(now - last)
+            last = now
 
     def stop(self) -> None:
         self._stopping.set()
-        if self.is_alive():
-            self.join()
-
-    def _install_hook(self) -> None:
-        module = sys.modules.get(TORCH_MODULE)
-        if module is None or getattr(module.__spec__, "_initializing", False):
-            return
-        self._global_hook = module.register_module_forward_pre_hook(self._on_any_forward)
-
-    def _on_any_forward(self, module, args) -> None:
-        if type(module).__name__ not in DENOISER_CLASSES or self.denoiser_calls:
-            return
-        self.denoiser_calls.append(time.time())
-        self._global_hook.remove()  # torch copied the hook list for this call: removing it here is safe
-        module.register_forward_pre_hook(self._on_denoiser)
-
-    def _on_denoiser(self, module, args) -> None:
-        self.denoiser_calls.append(time.time())
+        self.join()
 
     def _sample(self, elapsed: float) -> None:
         for ident, frame in sys._current_frames().items():
@@ -172,21 +195,21 @@ def main() -> None:
     parser.add_argument("target", help="sweeplab, or a Python script")
     parser.add_argument("args", nargs=argparse.REMAINDER)
     options = parser.parse_args()
+    denoiser = DenoiserCalls()
     rows = json.loads(options.categories.read_text()) if options.categories else None
-    observer = Observer(StackCategories(rows) if rows else None, options.interval)
-    observer.start()
+    sampler = StackSampler(StackCategories(rows), options.interval) if rows else None
+    if sampler:
+        sampler.start()
     exit_code = 1
     try:
         exit_code = run_program(options.target, options.args)
     finally:
         finished = time.time()
-        observer.stop()
-        report = {
-            "started": STARTED, "finished": finished, "exit_code": exit_code,
-            "denoiser_calls": observer.denoiser_calls,
-            "main_thread": dict(observer.main_thread), "other_threads": dict(observer.other_threads),
-            "unmatched": dict(observer.unmatched.most_common(12)),
-        }
+        report = {"started": STARTED, "finished": finished, "exit_code": exit_code, "denoiser_calls": denoiser.times}
+        if sampler:
+            sampler.stop()
+            report.update(main_thread=dict(sampler.main_thread), other_threads=dict(sampler.other_threads),
+                          unmatched=dict(sampler.unmatched.most_common(12)))
         options.report.write_text(json.dumps(report))
     sys.exit(exit_code)
 

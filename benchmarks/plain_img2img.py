@@ -32,6 +32,15 @@ def output_name(seed: int, strength: float) -> str:
     return f"seed{seed}_strength{strength:g}.png"
 
 
+def init_image(size: int):
+    """sweeplab's fireplace sketch as sweeplab draws it (512 px) and resizes it to the trial's size."""
+    from PIL import Image
+
+    from sweeplab.sketches import draw_sketch
+
+    return draw_sketch("fireplace", 512, 512).resize((size, size), Image.Resampling.LANCZOS)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="folder for the output PNGs")
@@ -53,9 +62,6 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     import torch
     from diffusers import EulerDiscreteScheduler, StableDiffusionImg2ImgPipeline
-    from PIL import Image
-
-    from sweeplab.sketches import draw_sketch
 
     model = args.model
     if model is None:
@@ -67,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     pipe = StableDiffusionImg2ImgPipeline.from_pretrained(model, dtype=getattr(torch, dtype))
     pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
     pipe = pipe.to(device)
-    init = draw_sketch("fireplace", 512, 512).resize((args.size, args.size), Image.Resampling.LANCZOS)
+    init = init_image(args.size)
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     for strength in args.strengths:
