@@ -142,7 +142,8 @@ def step_throughput(options: argparse.Namespace) -> dict:
         synchronize(device)
         rate = calls * batch / (time.perf_counter() - started)
         figures["images_per_second"][batch] = rate
-        say(f"plain diffusers images/s at batch {batch}", f"{rate:.2f} ({calls} calls after a warm-up)")
+        timed = f"{calls} call{'s' if calls > 1 else ''}"
+        say(f"plain diffusers images/s at batch {batch}", f"{rate:.2f} ({timed} after a warm-up)")
     return figures
 
 
@@ -212,20 +213,29 @@ def compare_overhead(runner: Runner, mode: Mode, model: Path, clock: Clock) -> N
             if timeout is None:
                 say(f"{side} process", "skipped (time budget)")
                 break
-            runs.append(runner.plain(grid, timeout=timeout) if side == "plain" else runner.sweeplab(grid, timeout=timeout))
+            run = runner.plain if side == "plain" else runner.sweeplab
+            runs.append(run(grid, timeout=timeout))
     if not plain or not sweeplab:
         return
     ratios = [s.seconds / p.seconds for p, s in zip(plain, sweeplab)]
     say(f"end to end, {grid.trials} trials, {mode.size}px, {mode.steps} steps",
-        f"plain {', '.join(f'{r.seconds:.1f} s' for r in plain)}; sweeplab {', '.join(f'{r.seconds:.1f} s' for r in sweeplab)}")
+        f"plain {seconds_list(plain)}; sweeplab {seconds_list(sweeplab)}")
     say("overhead ratio sweeplab / plain", f"{statistics.median(ratios):.2f}x ({', '.join(f'{r:.2f}' for r in ratios)})")
     pairs = {"plain": [plain_outputs(r) for r in plain], "sweeplab": [sweeplab_outputs(r) for r in sweeplab]}
     for side, outputs in pairs.items():
         if len(outputs) == 2:
             same, total = identical_outputs(*outputs)
-            say(f"identical bytes across two processes ({side})", f"{'yes' if same == total else 'no'} ({same}/{total})")
+            say(f"identical bytes across two processes ({side})", same_bytes(same, total))
     same, total = identical_outputs(pairs["plain"][0], pairs["sweeplab"][0])
-    say("identical bytes, plain vs sweeplab", f"{'yes' if same == total else 'no'} ({same}/{total})")
+    say("identical bytes, plain vs sweeplab", same_bytes(same, total))
+
+
+def seconds_list(runs: list[ProcessRun]) -> str:
+    return ", ".join(f"{run.seconds:.1f} s" for run in runs)
+
+
+def same_bytes(same: int, total: int) -> str:
+    return f"{'yes' if same == total else 'no'} ({same}/{total})"
 
 
 def sweeplab_batches(runner: Runner, mode: Mode, model: Path, clock: Clock, batch_override: str | None) -> None:
@@ -305,7 +315,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512, help="(steps) pixels per side")
     parser.add_argument("--steps", type=int, default=30, help="(steps) denoising steps")
     parser.add_argument("--batch-sizes", type=lambda text: [int(n) for n in text.split(",")], default=[1, 4, 8])
-    parser.add_argument("--calls", type=int, default=8, help="(throughput) images timed per batch size, at least one call")
+    parser.add_argument("--calls", type=int, default=8,
+                        help="(throughput) images timed per batch size, at least one call")
     parser.add_argument("--result", type=Path, help="(steps) where a step writes its JSON result")
     options = parser.parse_args()
     if options.step == "all":

@@ -58,7 +58,7 @@ class StackCategories:
         return f"{_module(frame)}:{frame.f_code.co_qualname}"
 
     def _row(self, frame) -> int:
-        key = (_module(frame), frame.f_code.co_qualname)  # not the code object: equal code in two modules compares equal
+        key = (_module(frame), frame.f_code.co_qualname)  # not the code: equal code in two modules compares equal
         row = self._row_of.get(key)
         if row is None:
             name = ":".join(key)

@@ -23,7 +23,16 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from sweep_runs import BenchmarkError, Grid, ProcessRun, Runner, Spread, identical_outputs, plain_outputs, sweeplab_outputs
+from sweep_runs import (
+    BenchmarkError,
+    Grid,
+    ProcessRun,
+    Runner,
+    Spread,
+    identical_outputs,
+    plain_outputs,
+    sweeplab_outputs,
+)
 
 # Where time goes. Each stack sample goes to the FIRST row (top to bottom) with a pattern matching ANY frame
 # on the stack; patterns are fnmatch patterns on "module:qualname". So a row above wins over a row below:
@@ -35,7 +44,8 @@ CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("PNG encoding", ("PIL.PngImagePlugin:*", "PIL.Image:Image.save")),
     ("preview rendering", ("sweeplab.render:*",)),
     ("latents file", ("safetensors.torch:save*",)),
-    ("store set-up", ("sweeplab.tracking:MlflowTracker.__init__", "sweeplab.tracking:MlflowSweepCallback.on_multirun_start")),
+    ("store set-up", ("sweeplab.tracking:MlflowTracker.__init__",
+                      "sweeplab.tracking:MlflowSweepCallback.on_multirun_start")),
     ("model load", ("sweeplab.models:PipelineCache.get", "sweeplab.models:load_img2img_pipeline",
                     "diffusers.pipelines.pipeline_utils:DiffusionPipeline.from_pretrained")),
     ("init image", ("sweeplab.images:*", "sweeplab.sketches:*")),
@@ -56,7 +66,8 @@ NO_STEP_IMAGES = "tracking.log_step_images=false"
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3, help="rounds of alternating processes (default 3)")
-    parser.add_argument("--seeds", type=int, default=len(ISSUE_GRID.seeds), help="seeds of the big sweep (12: 24 trials)")
+    parser.add_argument("--seeds", type=int, default=len(ISSUE_GRID.seeds),
+                        help="seeds of the big sweep (12: 24 trials)")
     parser.add_argument("--small-seeds", type=int, default=4, help="seeds of the small sweep (4: 8 trials)")
     parser.add_argument("--launcher-args", type=shlex.split, default=[],
                         help="overrides added to every sweeplab command, e.g. 'hydra.launcher.batch_size=4'")
@@ -104,14 +115,16 @@ def summarise(rounds: list[Round], big: int) -> dict[str, dict[str, Spread]]:
     """Every headline figure: plain, sweeplab and their ratio (or difference), median and range over rounds."""
     def row(plain: list[float], sweeplab: list[float], difference: bool = False) -> dict[str, Spread]:
         compared = Spread.of([s - p for s, p in zip(sweeplab, plain)]) if difference else ratio(sweeplab, plain)
-        return {"plain": Spread.of(plain), "sweeplab": Spread.of(sweeplab), "difference" if difference else "ratio": compared}
+        return {"plain": Spread.of(plain), "sweeplab": Spread.of(sweeplab),
+                "difference" if difference else "ratio": compared}
 
     plain_end = [r.plain[big] for r in rounds]
     return {
         "end_to_end": row(plain_end, [r.sweeplab[big] for r in rounds]),
         "end_to_end_no_step_images": row(plain_end, [r.no_step_images[big] for r in rounds]),
         "per_trial": row([marginal(r.plain) for r in rounds], [marginal(r.sweeplab) for r in rounds]),
-        "per_trial_no_step_images": row([marginal(r.plain) for r in rounds], [marginal(r.no_step_images) for r in rounds]),
+        "per_trial_no_step_images": row([marginal(r.plain) for r in rounds],
+                                        [marginal(r.no_step_images) for r in rounds]),
         "startup": row([r.plain_startup for r in rounds], [r.sweeplab_startup for r in rounds], difference=True),
         "one_trial_process": row([r.plain_one_trial for r in rounds], [r.sweeplab_one_trial for r in rounds]),
     }
@@ -146,7 +159,8 @@ class Benchmark:
             tag = f"round {index + 1}, {grid.trials} trials"
             plain = self._note(f"{tag}, plain", self.runner.plain(grid))
             sweeplab = self._note(f"{tag}, sweeplab", self.runner.sweeplab(grid, self.extra))
-            quiet = self._note(f"{tag}, sweeplab {NO_STEP_IMAGES}", self.runner.sweeplab(grid, (*self.extra, NO_STEP_IMAGES)))
+            quiet = self._note(f"{tag}, sweeplab {NO_STEP_IMAGES}",
+                               self.runner.sweeplab(grid, (*self.extra, NO_STEP_IMAGES)))
             measured.plain[grid.trials], measured.sweeplab[grid.trials] = plain.seconds, sweeplab.seconds
             measured.no_step_images[grid.trials] = quiet.seconds
             if grid is self.big:
