@@ -220,7 +220,8 @@ def compare_overhead(runner: Runner, mode: Mode, model: Path, clock: Clock) -> N
     ratios = [s.seconds / p.seconds for p, s in zip(plain, sweeplab)]
     say(f"end to end, {grid.trials} trials, {mode.size}px, {mode.steps} steps",
         f"plain {seconds_list(plain)}; sweeplab {seconds_list(sweeplab)}")
-    say("overhead ratio sweeplab / plain", f"{statistics.median(ratios):.2f}x ({', '.join(f'{r:.2f}' for r in ratios)})")
+    each = ", ".join(f"{r:.2f}" for r in ratios)
+    say("overhead ratio sweeplab / plain", f"{statistics.median(ratios):.2f}x ({each})")
     pairs = {"plain": [plain_outputs(r) for r in plain], "sweeplab": [sweeplab_outputs(r) for r in sweeplab]}
     for side, outputs in pairs.items():
         if len(outputs) == 2:
