@@ -45,7 +45,9 @@ CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("preview rendering", ("sweeplab.render:*",)),
     ("latents file", ("safetensors.torch:save*",)),
     ("store set-up", ("sweeplab.tracking:MlflowTracker.__init__",
-                      "sweeplab.tracking:MlflowSweepCallback.on_multirun_start")),
+                      "sweeplab.tracking:MlflowSweepCallback.on_multirun_start",
+                      "sweeplab.tracking:MlflowSweepCallback._open",  # the engine opens the store on a thread
+                      "sweeplab.tracking:MlflowSweepCallback.parent_run")),  # ... and waits here if it is late
     ("model load", ("sweeplab.models:PipelineCache.get", "sweeplab.models:load_img2img_pipeline",
                     "diffusers.pipelines.pipeline_utils:DiffusionPipeline.from_pretrained")),
     ("init image", ("sweeplab.images:*", "sweeplab.sketches:*")),
@@ -54,7 +56,8 @@ CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("denoising", ("diffusers.pipelines.*:*.__call__",)),
     ("MLflow calls", ("mlflow:*", "mlflow.*:*")),
     ("config composition and checks", ("hydra._internal.config_loader_impl:*", "hydra._internal.config_repository:*",
-                                       "sweeplab.trial:prepare_trial")),
+                                       "sweeplab.trial:prepare_trial", "sweeplab.sweep:*",
+                                       "sweeplab.schema:validate_config")),
     ("waiting on other threads", ("threading:*.wait", "queue:Queue.get", "queue:Queue.put", "concurrent.futures.*:*")),
 )
 PYTHON_ITSELF = "Python start-up and exit"  # spawn to the probe's first line, the program's return to the exit

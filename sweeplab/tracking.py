@@ -220,6 +220,12 @@ class MlflowTracker:
         self.open_runs.discard(run_id)
 
     @interrupts.critical()
+    def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(run_id, tags=[RunTag(key, value) for key, value in redact(tags).items()])
+
+    @interrupts.critical()
     def run_tags(self, run_id: str) -> dict[str, str]:
         return self.client.get_run(run_id).data.tags
 
@@ -343,7 +349,10 @@ class MlflowSweepCallback(Callback):
 
     Under sweeplab's own launchers the store is opened on a background thread (MLflow's imports and a
     new store's tables take seconds) while the launcher imports torch and validates the trials; they
-    wait for it through `parent_run`, found in Hydra's callbacks. Other launchers start jobs that read
+    wait for it through `parent_run`, found in Hydra's callbacks. The opening thread imports neither
+    torch nor diffusers (two threads importing diffusers' lazy module can see it half-initialised), so
+    the parent's environment tags are written by the first `parent_run` call, on the main thread.
+    Other launchers start jobs that read
     the parent from the environment, so for them it is opened before any job starts.
     A sweep that ends early (a signal, a launcher error) closes its parent run at exit:
     KILLED when interrupted, FAILED otherwise, never left RUNNING.
@@ -354,6 +363,7 @@ class MlflowSweepCallback(Callback):
         self.parent_run_id: str | None = None
         self._opening: threading.Thread | None = None
         self._open_error: BaseException | None = None
+        self._environment_tagged = False
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         atexit.register(self._close_unfinished)
@@ -370,6 +380,9 @@ class MlflowSweepCallback(Callback):
             self._opening.join()
         if self._open_error is not None:
             raise self._open_error
+        if not self._environment_tagged:
+            self.tracker.set_tags(self.parent_run_id, environment_tags())
+            self._environment_tagged = True
         return self.parent_run_id
 
     def _open(self, config: DictConfig) -> None:
@@ -379,7 +392,7 @@ class MlflowSweepCallback(Callback):
             self.parent_run_id = self.tracker.start_run(
                 run_name=f"sweep {Path(str(config.hydra.sweep.dir)).as_posix()}",
                 params={},
-                tags={"sweeplab.sweep": "true", "sweeplab.overrides": overrides, **owner_tag(), **environment_tags()},
+                tags={"sweeplab.sweep": "true", "sweeplab.overrides": overrides, **owner_tag()},
                 parent_run_id=None,
             )
             os.environ[PARENT_RUN_ENV] = self.parent_run_id

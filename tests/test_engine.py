@@ -98,6 +98,10 @@ def test_resume_skips_finished_trials_in_one_pass(grid_runs, tmp_path):
                            "strength=0.5,1.0"], cwd=folder, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "8 trials: 2 finished, 0 failed, 6 skipped as already FINISHED" in done.stderr
+    # The store opens on a thread while the main one imports diffusers; the parent still gets its environment.
+    sweeps = [r for r in all_runs(store(folder), "sweeplab") if r.data.tags.get("sweeplab.sweep") == "true"]
+    assert len(sweeps) == 2
+    assert all(r.data.tags["sweeplab.diffusers_version"] for r in sweeps)
 
 
 def test_failing_trials_inside_a_batch_fail_alone(sweeplab_cli, tmp_path):
