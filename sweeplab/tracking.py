@@ -365,6 +365,11 @@ class MlflowSweepCallback(Callback):
         self._open_error: BaseException | None = None
         self._environment_tagged = False
 
+    def __getstate__(self) -> dict:
+        """Pickled with Hydra's context into every SLURM task, which reads the parent run from its
+        environment: the store handle and the opening thread (locks, connections) stay here."""
+        return {**self.__dict__, "tracker": None, "_opening": None}
+
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         atexit.register(self._close_unfinished)
         if str(OmegaConf.select(config, "hydra.launcher._target_", default="")).startswith(OWN_LAUNCHERS):

@@ -151,7 +151,7 @@ def test_chunked_slurm_tasks_load_the_model_once_each(slurm_cluster, mlflow_serv
     assert len(children) == 24 and {c.info.status for c in children} == {"FINISHED"}
     tasks = Counter(c.data.tags["sweeplab.slurm_job"] for c in children)
     assert sorted(tasks.values()) == [12, 12]
-    task_logs = list(tmp_path.glob("multirun/*/*/.submitit/*/*_log.err"))
+    task_logs = list(tmp_path.glob("multirun/*/*/.submitit/*/*_log.out"))  # Hydra logs to stdout
     loads = [line for log in task_logs for line in log.read_text().splitlines() if "loaded on cpu" in line]
     assert len(task_logs) == 2 and len(loads) == 2, loads
 

@@ -22,7 +22,7 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from sweeplab.sweep import ComposedJob, JobComposer
 
@@ -115,8 +115,9 @@ def _job_return(job: ComposedJob) -> JobReturn:
 
 
 def _log_to(config: DictConfig, output_dir: Path) -> None:
-    """Hydra's job logging, set up once for the sweep: its log file goes to the sweep's folder."""
-    with open_dict(config.hydra.runtime):
+    """Hydra's job logging, set up once for the sweep: its log file goes to the sweep's folder.
+    (A requeued SLURM task gets the config that HydraConfig made read-only in its first run.)"""
+    with read_write(config.hydra.runtime), open_dict(config.hydra.runtime):
         config.hydra.runtime.output_dir = str(output_dir.resolve())
     HydraConfig.instance().set_config(config)
     configure_log(config.hydra.job_logging, config.hydra.verbose)
