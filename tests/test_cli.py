@@ -144,7 +144,7 @@ def test_a_signal_marks_the_trial_in_flight_and_its_sweep_killed(tmp_path, signu
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     deadline = time.monotonic() + 120
-    while not _running_children(tmp_path):
+    while not children_in_status(tmp_path):
         assert sweep.poll() is None and time.monotonic() < deadline, sweep.communicate()[1][-2000:]
         time.sleep(0.3)
     sweep.send_signal(signum)
@@ -158,15 +158,15 @@ def test_a_signal_marks_the_trial_in_flight_and_its_sweep_killed(tmp_path, signu
     assert child.data.tags["sweeplab.error"] == f"interrupted: {signal.Signals(signum).name}"
 
 
-def _running_children(folder: Path) -> int:
+def children_in_status(folder: Path, status: str = "RUNNING") -> int:
     """Read straight from SQLite, so that no second MlflowClient races the sweep creating the store."""
     if not (folder / "mlflow.db").exists():
         return 0
     query = ("SELECT count(*) FROM runs JOIN tags ON runs.run_uuid = tags.run_uuid "
-             "WHERE tags.key = 'mlflow.parentRunId' AND runs.status = 'RUNNING'")
+             "WHERE tags.key = 'mlflow.parentRunId' AND runs.status = ?")
     try:
         with sqlite3.connect(f"file:{folder / 'mlflow.db'}?mode=ro", uri=True) as db:
-            return db.execute(query).fetchone()[0]
+            return db.execute(query, (status,)).fetchone()[0]
     except sqlite3.OperationalError:  # tables not created yet
         return 0
 

@@ -20,7 +20,7 @@ from PIL import Image
 from safetensors import safe_open
 
 from conftest import CONF_DIR, SWEEPLAB
-from test_cli import _running_children, all_runs, store
+from test_cli import all_runs, children_in_status, store
 
 TINY = ["width=64", "height=64", "tracking.log_step_images=false"]
 # A second-order sampler, so steps taken (4 and 2) and denoiser evaluations (7 and 3) differ.
@@ -141,7 +141,7 @@ def test_sigterm_with_results_queued_leaves_no_run_running(tmp_path):
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     deadline = time.monotonic() + 300
-    while _finished_children(tmp_path) < 1:
+    while children_in_status(tmp_path, "FINISHED") < 1:
         assert sweep.poll() is None and time.monotonic() < deadline, sweep.communicate()[1][-2000:]
         time.sleep(0.2)
     sweep.send_signal(signal.SIGTERM)
@@ -158,21 +158,7 @@ def test_sigterm_with_results_queued_leaves_no_run_running(tmp_path):
             assert {"output.png", "latents.safetensors", "images"} <= names
         else:
             assert run.data.tags["sweeplab.error"] == "interrupted: SIGTERM"
-    assert _running_children(tmp_path) == 0
-
-
-def _finished_children(folder) -> int:
-    import sqlite3
-
-    if not (folder / "mlflow.db").exists():
-        return 0
-    query = ("SELECT count(*) FROM runs JOIN tags ON runs.run_uuid = tags.run_uuid "
-             "WHERE tags.key = 'mlflow.parentRunId' AND runs.status = 'FINISHED'")
-    try:
-        with sqlite3.connect(f"file:{folder / 'mlflow.db'}?mode=ro", uri=True) as db:
-            return db.execute(query).fetchone()[0]
-    except sqlite3.OperationalError:
-        return 0
+    assert children_in_status(tmp_path) == 0
 
 
 @pytest.mark.parametrize("overrides", [
@@ -205,7 +191,7 @@ def test_a_later_sweep_closes_the_runs_a_killed_sweep_left_running(tmp_path):
              "tracking.log_step_images=false"]
     killed = subprocess.Popen(sweep, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
-    while not _running_children(tmp_path):
+    while not children_in_status(tmp_path):
         assert killed.poll() is None and time.monotonic() < deadline
         time.sleep(0.3)
     killed.kill()  # SIGKILL: nothing closes its runs

@@ -24,6 +24,26 @@ from sweeplab.tracking import resolve_tracking_uri
 PROG = "sweeplab-report"
 
 
+# Commands that take only the run selection: (name, one-line help, description).
+SELECTION_ONLY_COMMANDS = (
+    ("steps-vs-strength", "rows strengths, columns steps: steps taken, UNet evaluations, output",
+     "Rows strengths, columns requested steps; each cell: steps actually taken, UNet evaluations, output thumbnail."),
+    ("strips", "start image, latent strip and output per trial, as in the doc",
+     "Each trial's start image (the initial image SD sees), steps, latent strip and output, laid out as in the "
+     "InvokeAI img2img doc's table."),
+    ("chains", "iterations=N chains: each output fed back as the next init image",
+     "One row per iterations chain: the first init image, then each link's output, following the runs' "
+     "sweeplab.previous_run_id tags."),
+    ("doc-figures", "the InvokeAI img2img doc's figure set for an experiment",
+     "The InvokeAI img2img doc's figures: 10 steps at 0.7 vs 0.4, the compensated 50@0.4, 30@0.7 and 29@0.7, "
+     "and why the step counts differ from the doc."),
+    ("determinism", "trials whose runs gave different output bytes, and why",
+     "Every trial (config hash) with FINISHED runs of different output bytes (tag sweeplab.output_sha256), with "
+     "the environment tags that differ between them: device, dtype, torch threads, CPU kernels, library "
+     "versions, code."),
+)
+
+
 def _selection(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--experiment", metavar="NAME", help="MLflow experiment (= experiment=NAME of the sweep)")
     parser.add_argument("--sweep", metavar="RUN_ID", help="only the trials of this sweep (parent) run")
@@ -37,18 +57,22 @@ def _selection(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--thumb", type=int, default=128, metavar="PX", help="thumbnail width (default 128)")
 
 
+def _command(commands, name: str, help: str, description: str) -> argparse.ArgumentParser:
+    """A report command: every one selects runs the same way."""
+    command = commands.add_parser(name, help=help, description=description)
+    _selection(command)
+    return command
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="Reports (Markdown, CSV, HTML, PNG) from sweeplab "
                                      "runs in MLflow, written to reports/<experiment>/.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    table = commands.add_parser("steps-vs-strength", help="rows strengths, columns steps: steps taken, UNet "
-                                "evaluations, output", description="Rows strengths, columns requested steps; each "
-                                "cell: steps actually taken, UNet evaluations, output thumbnail.")
-    _selection(table)
-    grid = commands.add_parser("grid", help="labelled image grid over two swept keys (X/Y), one per Z value",
-                               description="A labelled image grid (PNG) over two swept keys, one grid per value of "
-                               f"an optional third. Keys: {', '.join(PARAM_KEYS)}.")
-    _selection(grid)
+    for name, summary, description in SELECTION_ONLY_COMMANDS:
+        _command(commands, name, help=summary, description=description)
+    grid = _command(commands, "grid", help="labelled image grid over two swept keys (X/Y), one per Z value",
+                    description="A labelled image grid (PNG) over two swept keys, one grid per value of "
+                    f"an optional third. Keys: {', '.join(PARAM_KEYS)}.")
     grid.add_argument("--x", required=True, metavar="KEY", help="key along the columns, e.g. strength")
     grid.add_argument("--y", required=True, metavar="KEY", help="key along the rows, e.g. steps")
     grid.add_argument("--z", metavar="KEY", help="one grid per value of this key, e.g. sampler")
@@ -60,33 +84,15 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument("--max-side", type=int, default=DEFAULT_MAX_SIDE, metavar="PX",
                       help=f"largest width or height of a grid file (default {DEFAULT_MAX_SIDE}); past it cells shrink "
                       "to half their width, then the grid is split into parts")
-    page = commands.add_parser("grid-page", help="one interactive HTML page: any swept key on X and Y, step "
-                               "through the others", description="One self-contained HTML page (thumbnails beside "
-                               "it, no server, no network): choose the swept keys along X and Y, step through the "
-                               "other swept keys, switch each cell between output, start image and latent strip.")
-    _selection(page)
+    page = _command(commands, "grid-page", help="one interactive HTML page: any swept key on X and Y, step "
+                    "through the others", description="One self-contained HTML page (thumbnails beside "
+                    "it, no server, no network): choose the swept keys along X and Y, step through the "
+                    "other swept keys, switch each cell between output, start image and latent strip.")
     page.add_argument("--x", metavar="KEY", help="the key along the columns at first (default: the first swept key)")
     page.add_argument("--y", metavar="KEY", help="the key along the rows at first (default: the next swept key)")
     page.add_argument("--run-links", nargs="?", const="", metavar="URL",
                       help="link each cell to its run in the MLflow UI at URL (default: the tracking server); "
                       "run ids make the page differ between stores")
-    strips = commands.add_parser("strips", help="start image, latent strip and output per trial, as in the doc",
-                                 description="Each trial's start image (the initial image SD sees), steps, latent "
-                                 "strip and output, laid out as in the InvokeAI img2img doc's table.")
-    _selection(strips)
-    chain = commands.add_parser("chains", help="iterations=N chains: each output fed back as the next init image",
-                                description="One row per iterations chain: the first init image, then each link's "
-                                "output, following the runs' sweeplab.previous_run_id tags.")
-    _selection(chain)
-    doc = commands.add_parser("doc-figures", help="the InvokeAI img2img doc's figure set for an experiment",
-                              description="The InvokeAI img2img doc's figures: 10 steps at 0.7 vs 0.4, the "
-                              "compensated 50@0.4, 30@0.7 and 29@0.7, and why the step counts differ from the doc.")
-    _selection(doc)
-    same = commands.add_parser("determinism", help="trials whose runs gave different output bytes, and why",
-                               description="Every trial (config hash) with FINISHED runs of different output bytes "
-                               "(tag sweeplab.output_sha256), with the environment tags that differ between them: "
-                               "device, dtype, torch threads, CPU kernels, library versions, code.")
-    _selection(same)
     return parser
 
 
