@@ -152,6 +152,11 @@ class SweepEngine:
             if done is None:
                 kept.append(planned)
                 continue
+            if not tracker.has_output(done):
+                print(f"sweeplab: trial {planned.label}: its FINISHED run {done.info.run_id} has no output.png "
+                      f"(artifacts deleted?); running it again", file=sys.stderr)
+                kept.append(planned)
+                continue
             log.info("trial %s skipped: already FINISHED as run %s (%s); resume=false reruns it",
                      planned.label, done.info.run_id, trial.spec.config_hash)
             if done.data.tags.get("mlflow.parentRunId") != self.parent_run_id:  # not this sweep's (a requeued task)

@@ -46,6 +46,7 @@ COMPILE_TAG = "sweeplab.compile"  # whether the denoiser ran through torch.compi
 BATCH_SIZE_TAG = "sweeplab.batch_size"  # trials that shared the pipeline call (an execution setting, not identity)
 SEARCH_PAGE = 1000  # MLflow's largest page of search_runs and of log_batch tags
 VERSION_TAG = "sweeplab.version"  # the installed package's version
+OUTPUT_ARTIFACT = "output.png"  # a trial's output image: what resume checks is still there
 OUTPUT_SHA256_TAG = "sweeplab.output_sha256"  # sha256 of the logged output.png: compares runs of one config hash
 # Where a trial ran, as tags and not in its config hash: none of them names the trial, each can change the low
 # bits of its output (the same trial at OMP_NUM_THREADS=1 and 2 differs in a few pixels by one level).
@@ -151,6 +152,19 @@ class MlflowTracker:
             if not token:
                 return found
 
+    def has_output(self, run) -> bool:
+        """Whether a run's output.png is still there: a file check for a local artifact store, else one listing."""
+        root = run.info.artifact_uri
+        if root.startswith("file:") or root.startswith("/"):
+            from mlflow.utils.file_utils import local_file_uri_to_path
+
+            return (Path(local_file_uri_to_path(root)) / OUTPUT_ARTIFACT).is_file()
+        return any(item.path == OUTPUT_ARTIFACT for item in self._list_artifacts(run.info.run_id))
+
+    @interrupts.critical()
+    def _list_artifacts(self, run_id: str) -> list:
+        return self.client.list_artifacts(run_id)
+
     @interrupts.critical()
     def close_orphaned_runs(self) -> int:
         """Close as KILLED the RUNNING runs whose owner process, on this host, is gone (a kill -9, a crash)."""
@@ -191,9 +205,9 @@ class MlflowTracker:
             result.init_image.save(folder / "init.png")
             if result.mask is not None:
                 result.mask.save(folder / "mask.png")
-            result.output.save(folder / "output.png")
+            result.output.save(folder / OUTPUT_ARTIFACT)
             tags = {BATCH_SIZE_TAG: str(result.batch_size),
-                    OUTPUT_SHA256_TAG: hashlib.sha256((folder / "output.png").read_bytes()).hexdigest()}
+                    OUTPUT_SHA256_TAG: hashlib.sha256((folder / OUTPUT_ARTIFACT).read_bytes()).hexdigest()}
             if result.warnings:
                 tags[WARNINGS_TAG] = "\n".join(result.warnings)
             if log_step_images:
@@ -404,6 +418,12 @@ class MlflowSweepCallback(Callback):
             os.environ[TRACKING_URI_ENV] = self.tracker.uri
         except BaseException as err:  # noqa: BLE001 - re-raised in the main thread by parent_run()
             self._open_error = err
+
+    def fail(self, reason: str) -> None:
+        """The sweep could not start (e.g. the cluster refused it): its parent run ends FAILED with the reason."""
+        self.parent_run()
+        self.tracker.end_run(self.parent_run_id, "FAILED", reason)
+        atexit.unregister(self._close_unfinished)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         from sweeplab import outcome

@@ -268,3 +268,22 @@ def test_preempted_slurm_task_ends_its_run_killed_and_the_requeued_task_skips_wh
     killed = [c for c in children if c.info.status == "KILLED"]
     assert len(killed) == 1 and len(children) == 4
     assert killed[0].data.tags["sweeplab.error"].startswith("interrupted: SIGUSR2")
+
+
+@pytest.mark.parametrize("request_, reason, key", [
+    (["hydra.launcher.gpus_per_task=1"], "Invalid generic resource", "hydra.launcher.gpus_per_task=null"),
+    (["hydra.launcher.gpus_per_task=null", "hydra.launcher.mem_gb=100000"], "Memory specification",
+     "hydra.launcher.mem_gb"),
+])
+def test_a_request_the_cluster_refuses_is_one_line_and_a_failed_sweep_run(slurm_cluster, tmp_path, request_, reason,
+                                                                           key):
+    from test_cli import all_runs, store
+
+    launcher = sweeplab("hydra/launcher=submitit_slurm", *request_, *TINY, "seed=1,2", cwd=tmp_path)
+    _, err = launcher.communicate(timeout=300)
+    assert launcher.returncode == 2, err[-3000:]
+    ours = [line for line in err.splitlines() if line.startswith("sweeplab: error:")]
+    assert len(ours) == 1 and reason in ours[0] and key in ours[0], err[-3000:]
+    assert "Traceback" not in err
+    (parent,) = all_runs(store(tmp_path), "sweeplab")
+    assert parent.info.status == "FAILED" and reason in parent.data.tags["sweeplab.error"]

@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -94,14 +95,27 @@ def test_batched_trials_keep_their_own_records(grid_runs):
 def test_resume_skips_finished_trials_in_one_pass(grid_runs, tmp_path):
     folder = tmp_path / "resumed"
     shutil.copytree(grid_runs["folders"]["engine"], folder, ignore=shutil.ignore_patterns("multirun"))
+    lost = next(r for r in children(folder) if r.data.params["seed"] == "3" and r.data.params["strength"] == "0.5")
+    # The copied store still points at the fixture's artifacts (absolute URIs): this is their last user.
+    artifacts = Path(lost.info.artifact_uri.removeprefix("file://"))
+    (artifacts / "output.png").unlink()
     done = subprocess.run([str(SWEEPLAB), "-m", *TINY, "steps=4", "sampler=k_heun", "seed=1,2,3,4",
                            "strength=0.5,1.0"], cwd=folder, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "8 trials: 2 finished, 0 failed, 6 skipped as already FINISHED" in done.stderr
+    # A FINISHED run whose output.png is gone is not trusted: its trial runs again, and the sweep says why.
+    assert f"its FINISHED run {lost.info.run_id} has no output.png" in done.stderr
+    assert "8 trials: 3 finished, 0 failed, 5 skipped as already FINISHED" in done.stderr
     # The store opens on a thread while the main one imports diffusers; the parent still gets its environment.
     sweeps = [r for r in all_runs(store(folder), "sweeplab") if r.data.tags.get("sweeplab.sweep") == "true"]
     assert len(sweeps) == 2
     assert all(r.data.tags["sweeplab.diffusers_version"] for r in sweeps)
+    # A report that meets a FINISHED run without its output names the run and the way out.
+    (artifacts / "latent_strip.png").unlink()
+    report = subprocess.run([str(SWEEPLAB.parent / "sweeplab-report"), "strips", "--sweep", lost.data.tags[
+        "mlflow.parentRunId"]], cwd=folder, capture_output=True, text=True, timeout=300)
+    assert report.returncode != 0
+    assert f"run {lost.info.run_id} has no artifact latent_strip.png" in report.stderr
+    assert "--run-missing" in report.stderr and "Traceback" not in report.stderr
 
 
 def test_failing_trials_inside_a_batch_fail_alone(sweeplab_cli, tmp_path):

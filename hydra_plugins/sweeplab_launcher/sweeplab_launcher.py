@@ -9,6 +9,7 @@ the dataclass confs here keep real (not postponed) annotations.
 import logging
 import math
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, List, Optional, Sequence
@@ -138,6 +139,7 @@ class SweeplabSlurmLauncher(SlurmLauncher):
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         import submitit
+        from submitit.core.utils import FailedJobError
 
         composer = JobComposer(self.hydra_context.config_loader, self.config)
         jobs = [composer.compose(num, list(o)) for num, o in enumerate(job_overrides, start=initial_job_idx)]
@@ -150,9 +152,12 @@ class SweeplabSlurmLauncher(SlurmLauncher):
         log.info("%d trials in %d SLURM tasks of up to %d", len(jobs), len(chunks), max(map(len, chunks)))
         _parent_run(self.hydra_context)()  # tasks find the parent run in the environment they inherit
         state = Singleton.get_state()
-        tasks = executor.map_array(self, [[(j.num, j.overrides) for j in chunk] for chunk in chunks],
-                                   ["hydra.sweep.dir"] * len(chunks), [c[0].num for c in chunks],
-                                   [f"chunk_{c[0].num}" for c in chunks], [state] * len(chunks))
+        try:
+            tasks = executor.map_array(self, [[(j.num, j.overrides) for j in chunk] for chunk in chunks],
+                                       ["hydra.sweep.dir"] * len(chunks), [c[0].num for c in chunks],
+                                       [f"chunk_{c[0].num}" for c in chunks], [state] * len(chunks))
+        except FailedJobError as err:  # sbatch refused the request
+            self._refused(str(err))
         return [job_return for task in tasks for job_return in task.results()[0]]
 
     def __call__(self, chunk: list, job_dir_key: str, job_num: int, job_id: str, singleton_state: dict) -> list:
@@ -169,6 +174,20 @@ class SweeplabSlurmLauncher(SlurmLauncher):
         jobs = [composer.compose(num, list(overrides)) for num, overrides in chunk]
         return run_jobs(jobs, self.batch_size, 1, lambda: os.environ.get(PARENT_RUN_ENV))
 
+    def _refused(self, sbatch_error: str) -> None:
+        """One line quoting sbatch's reason and the key to change; the parent run FAILED with it; exit 2."""
+        from sweeplab.tracking import sweep_callback
+
+        lines = [line.strip() for line in sbatch_error.splitlines() if line.strip()]
+        reason = next((line for line in lines if "error" in line.lower()), lines[0] if lines else "no reason given")
+        hint = next((hint for marker, hint in SBATCH_HINTS if marker in reason.lower()), SBATCH_HINTS[-1][1])
+        message = f"SLURM refused the sweep's job array: {reason}; {hint}"
+        callback = sweep_callback(self.hydra_context)
+        if callback is not None:
+            callback.fail(message)
+        print(f"sweeplab: error: {message}", file=sys.stderr)
+        sys.exit(2)
+
     def _init_params(self) -> dict:
         init = {"folder": self.params["submitit_folder"]}
         if "max_num_timeout" in self.params:
@@ -180,6 +199,17 @@ class SweeplabSlurmLauncher(SlurmLauncher):
         base = set(OmegaConf.structured(BaseQueueConf).keys())
         return {key if key in base else f"{self._EXECUTOR}_{key}": value for key, value in self.params.items()
                 if key not in ("submitit_folder", "max_num_timeout")}
+
+
+# What to change when sbatch refuses the request: (a word of its reason, the hint); the last is the fallback.
+SBATCH_HINTS = (
+    ("gres", "a cluster without GPUs takes hydra.launcher.gpus_per_task=null (or set a count its nodes have)"),
+    ("memory", "lower hydra.launcher.mem_gb to what a node has (sinfo -o '%N %m' lists MB per node)"),
+    ("partition", "set hydra.launcher.partition to one that sinfo lists"),
+    ("time limit", "lower hydra.launcher.timeout_min to the partition's limit"),
+    ("cpu", "lower hydra.launcher.cpus_per_task to what a node has"),
+    ("", "check the hydra.launcher.* keys (gpus_per_task, mem_gb, cpus_per_task, partition, timeout_min)"),
+)
 
 
 def chunk_jobs(jobs: List[ComposedJob], trials_per_task: Optional[int], parallelism: int) -> List[List[ComposedJob]]:

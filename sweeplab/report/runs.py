@@ -185,7 +185,12 @@ class Artifacts:
         wanted = [(run_id, name) for run_id in frame.loc[frame["status"] == "FINISHED", "run_id"] for name in names
                   if (run_id, name) not in self._images]
         for run_id, name in tqdm(wanted, desc="artifacts", unit="file", disable=not wanted, leave=False):
-            local = self.client.download_artifacts(run_id, name, str(Path(self._tmp.name) / run_id))
+            try:
+                local = self.client.download_artifacts(run_id, name, str(Path(self._tmp.name) / run_id))
+            except Exception as err:  # noqa: BLE001 - MLflow raises its own and OSError kinds for a missing file
+                raise ReportError(f"run {run_id} has no artifact {name} (its artifacts were deleted or never "
+                                  f"uploaded); rerun its trial: add --run-missing, or run the sweep again "
+                                  f"with resume=false") from err
             with Image.open(local) as image:
                 self._images[(run_id, name)] = image.convert("RGB")
 
