@@ -22,8 +22,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from sweeplab import __version__, interrupts, outcome
 from sweeplab.configsearch import CONF_DIR, PRIMARY_CONFIG, ConfigOptions
-from sweeplab.errors import ConfigError
+from sweeplab.errors import ConfigError, exit_for
 from sweeplab.schema import SCHEMA_KEYS
+from sweeplab.tracking import bound_http_retries
 
 log = logging.getLogger("sweeplab")
 
@@ -40,8 +41,8 @@ def main() -> None:
     try:
         preflight(sys.argv[1:])
     except ConfigError as err:
-        print(f"sweeplab: error: {err}", file=sys.stderr)
-        sys.exit(2)
+        exit_for(err)
+    bound_http_retries()
     interrupts.install()
     try:
         hydra_app()
@@ -166,7 +167,10 @@ def run_configured_trial(cfg: DictConfig) -> None:
                       OmegaConf.to_container(hydra_cfg.runtime.choices))
     engine = SweepEngine(ExecutionSettings(multirun=multirun), models=_process_models(),
                          parent_run=lambda: os.environ.get(PARENT_RUN_ENV))
-    engine.run([job])
+    try:
+        engine.run([job])
+    except ConfigError as err:  # the store cannot be used: one line, before the model loads
+        exit_for(err)
 
 
 @functools.cache

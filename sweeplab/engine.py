@@ -105,6 +105,8 @@ class SweepEngine:
         try:
             planned = plan_trials(jobs)  # imports torch and diffusers while the store opens in the background
             self.parent_run_id = self.parent_run() if self.settings.multirun else None
+            for job in {id(p.job): p.job for p in planned if p.job.cfg is not None}.values():
+                self.tracker_for(job)  # every store opens (or fails in one line) before any model loads
             for invalid in (p for p in planned if p.error is not None):
                 self._record_invalid(invalid)
             self._close_orphans([p.job for p in planned if p.job.cfg is not None])

@@ -9,6 +9,8 @@ Everything logged passes through `redaction` first.
 from __future__ import annotations
 
 import atexit
+import contextlib
+import fcntl
 import functools
 import hashlib
 import logging
@@ -27,6 +29,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from sweeplab import interrupts
+from sweeplab.errors import StoreError, exit_for
 from sweeplab.redaction import redact, redact_override
 
 log = logging.getLogger("sweeplab")
@@ -63,6 +66,18 @@ ENVIRONMENT_TAGS = (DEVICE_TAG, DTYPE_TAG, TORCH_THREADS_TAG, CPU_CAPABILITY_TAG
                     DIFFUSERS_VERSION_TAG, GIT_COMMIT_TAG, VERSION_TAG)
 
 
+# MLflow's HTTP client retries for minutes by default (7 tries, backoff 2): a server that is down would hold a sweep,
+# signals included, for that long. sweeplab bounds it (about 3 s for a refused connection); users can set their own.
+BOUNDED_HTTP_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                        "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
+
+
+def bound_http_retries() -> None:
+    """Apply BOUNDED_HTTP_RETRIES where the environment does not set them (launched workers inherit it)."""
+    for name, value in BOUNDED_HTTP_RETRIES.items():
+        os.environ.setdefault(name, value)
+
+
 def resolve_tracking_uri(configured: str | None) -> str:
     """tracking.uri, else MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the current directory."""
     uri = configured or os.environ.get(TRACKING_URI_ENV) or os.environ.get("MLFLOW_TRACKING_URI")
@@ -88,6 +103,39 @@ def _sqlite_artifact_root(uri: str, name: str) -> str | None:
     return (db_path.parent / "mlartifacts" / re.sub(r"[^A-Za-z0-9_.-]", "_", name)).as_uri()
 
 
+@contextlib.contextmanager
+def _store_creation_lock(uri: str):
+    """Two processes opening one new SQLite store would both create its tables (and one would fail): the
+    first to lock the database's folder creates them while the other waits. Other stores need no lock."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    folder = Path(uri.removeprefix("sqlite:///")).parent
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)  # releases the lock
+
+
+def _store_problem(uri: str, err: BaseException) -> str:
+    """What went wrong opening a store, in one line, with what to do about it."""
+    text = " ".join(str(err).split()).split(" [SQL:")[0]  # SQLAlchemy appends the statement and a help link
+    errno = re.search(r"\[Errno -?\d+\] ([^'\")\]]+)", text)  # the OS's reason, deep inside an HTTP client's message
+    cause = errno.group(1).strip() if errno else (text[:200] or type(err).__name__)
+    if uri.startswith(("http://", "https://")):
+        fix = ("is the MLflow server running and reachable from here? (scripts/mlflow-server.sh status for "
+               "the project's own; a different server: tracking.uri=http://HOST:PORT)")
+    elif uri.startswith("file:"):
+        fix = "MLflow 3's file store is in maintenance mode: use tracking.uri=sqlite:///PATH/mlflow.db"
+    elif uri.startswith("sqlite:"):
+        fix = "the database must be an MLflow SQLite file, or a new file in a folder this user can write"
+    else:
+        fix = "tracking.uri takes sqlite:///PATH, http(s)://HOST:PORT or postgresql://... (MLflow store URIs)"
+    return f"tracking.uri={uri}: the MLflow store cannot be used ({cause}); {fix}"
+
+
 class MlflowTracker:
     """Writes trials to one MLflow experiment through an explicit MlflowClient.
 
@@ -99,9 +147,13 @@ class MlflowTracker:
         from mlflow import MlflowClient
 
         self.uri = uri
-        self.client = MlflowClient(tracking_uri=uri)
         self.open_runs: set[str] = set()  # started here and not ended yet: what an interruption closes
-        self.experiment_id = self._ensure_experiment(experiment)
+        try:
+            with _store_creation_lock(uri):
+                self.client = MlflowClient(tracking_uri=uri)
+                self.experiment_id = self._ensure_experiment(experiment)
+        except Exception as err:  # noqa: BLE001 - any failure to open the store is the user's one line
+            raise StoreError(_store_problem(uri, err)) from err
 
     @classmethod
     def from_config(cls, cfg: DictConfig, choices: dict | None = None) -> "MlflowTracker":
@@ -391,7 +443,10 @@ class MlflowSweepCallback(Callback):
             self._opening.start()
         else:
             self._open(config)
-            self.parent_run()
+            try:
+                self.parent_run()
+            except StoreError as err:
+                exit_for(err)
 
     def parent_run(self) -> str:
         """The parent run's id once the store is open; raises what opening it raised."""

@@ -25,6 +25,7 @@ from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from sweeplab.errors import ConfigError, exit_for
 from sweeplab.sweep import ComposedJob, JobComposer
 
 log = logging.getLogger(__name__)
@@ -96,7 +97,10 @@ def run_jobs(jobs: List[ComposedJob], batch_size: int, max_loaded_models: Option
     from sweeplab.engine import ExecutionSettings, SweepEngine
 
     settings = ExecutionSettings(batch_size=batch_size, max_loaded_models=max_loaded_models)
-    SweepEngine(settings, parent_run=parent_run).run(jobs)
+    try:
+        SweepEngine(settings, parent_run=parent_run).run(jobs)
+    except ConfigError as err:  # the store cannot be used: one line, before any model loads
+        exit_for(err)
     return [_job_return(job) for job in jobs]
 
 
