@@ -19,7 +19,7 @@ from typing import Callable
 from omegaconf import OmegaConf
 
 from sweeplab import interrupts, outcome
-from sweeplab.errors import ConfigError
+from sweeplab.errors import ConfigError, StoreError
 from sweeplab.sweep import ComposedJob, PlannedTrial, batches, cost_order, plan_trials
 
 log = logging.getLogger("sweeplab")
@@ -95,6 +95,7 @@ class SweepEngine:
     parent_run: Callable[[], str | None] = lambda: None  # the sweep's parent run id, waited for when first needed
     parent_run_id: str | None = field(default=None, init=False)  # set when the sweep runs
     _trackers: dict = field(default_factory=dict)
+    _store_failure: str | None = field(default=None, init=False)  # set by the writer when the store stops answering
 
     def run(self, jobs: list[ComposedJob]) -> None:
         from sweeplab.models import PipelineCache
@@ -114,15 +115,23 @@ class SweepEngine:
             writer = RunWriter()
             groups = batches(cost_order(runnable), self.settings.batch_size)
             for group in _progress(groups, total=len(runnable)):
+                if self._store_failure:  # stop, rather than have every remaining trial fail against it
+                    raise StoreError(f"the MLflow store failed mid-sweep ({self._store_failure}); the trials "
+                                     "not yet run are not tried: run the same command again to resume")
                 self._run_group(group, writer)
             writer.close()
         except BaseException as err:
             interrupts.hold()
             if writer is not None and not writer.close(WRITER_DRAIN_SECONDS):
                 log.warning("sweeplab: results still queued after %d s are not logged", WRITER_DRAIN_SECONDS)
+            reason = (f"interrupted: {err}" if isinstance(err, KeyboardInterrupt) else
+                      f"sweep stopped: {_one_line(err)}" if isinstance(err, StoreError) else
+                      f"sweep stopped: {type(err).__name__}: {err}")
             for tracker in self._trackers.values():
-                tracker.kill_open_runs(f"interrupted: {err}" if isinstance(err, KeyboardInterrupt) else
-                                       f"sweep stopped: {type(err).__name__}: {err}")
+                try:
+                    tracker.kill_open_runs(reason)
+                except Exception as closing:  # noqa: BLE001 - a dead store: say so, and keep the first error
+                    log.warning("sweeplab: could not close the open runs as KILLED: %s", _one_line(closing))
             interrupts.finish()
             raise
 
@@ -261,6 +270,7 @@ class SweepEngine:
                 message = f"could not create its run: {_one_line(err)}"
                 _print_error(self._where(planned), message)
                 outcome.record_failure(message)
+                self._store_failure = self._store_failure or _one_line(err)
 
         writer.submit(start)
         return run
@@ -280,7 +290,11 @@ class SweepEngine:
                 message = f"logging its results failed: {_one_line(err)}"
                 _print_error(self._where(run.planned), message)
                 outcome.record_failure(message)
-                run.tracker.end_run(run.run_id, "FAILED", message)
+                self._store_failure = self._store_failure or _one_line(err)
+                try:
+                    run.tracker.end_run(run.run_id, "FAILED", message)
+                except Exception:  # noqa: BLE001 - the store is gone: the sweep stops and says so
+                    pass
                 return
             run.tracker.end_run(run.run_id, "FINISHED")
             log.info("trial %s: %d steps taken, %d UNet evaluations, %.2f s -> run %s",

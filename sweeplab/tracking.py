@@ -18,6 +18,7 @@ import os
 import re
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -500,10 +501,14 @@ class MlflowSweepCallback(Callback):
             self._opening.join()
         if self.parent_run_id is None:
             return  # the store never opened: there is no run to close
-        if interrupts.received:
-            self.tracker.kill_open_runs(f"sweep interrupted by {interrupts.received}")
-        else:
-            self.tracker.end_run(self.parent_run_id, "FAILED", "sweep ended early; see the launcher's output")
+        try:
+            if interrupts.received:
+                self.tracker.kill_open_runs(f"sweep interrupted by {interrupts.received}")
+            else:
+                self.tracker.end_run(self.parent_run_id, "FAILED", "sweep ended early; see the launcher's output")
+        except Exception as err:  # noqa: BLE001 - at exit, with the store gone: one line, no traceback
+            print(f"sweeplab: the sweep run {self.parent_run_id} could not be closed ({type(err).__name__}); "
+                  "the next sweep in this experiment closes it", file=sys.stderr)
 
 
 def sweep_callback(hydra_context) -> MlflowSweepCallback | None:

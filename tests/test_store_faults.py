@@ -7,6 +7,7 @@ new SQLite store that two sweeps open at the same moment.
 from __future__ import annotations
 
 import subprocess
+import time
 
 import pytest
 
@@ -50,3 +51,22 @@ def test_two_sweeps_creating_one_new_store_together_both_finish(tmp_path):
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     assert len(parents) == 2 and len(children) == 4
     assert all(c.info.status == "FINISHED" and c.data.tags["mlflow.parentRunId"] in parents for c in children)
+
+
+def test_a_store_that_dies_mid_sweep_stops_the_sweep_in_one_line(tmp_path):
+    from test_cli import children_in_status
+
+    sweep = subprocess.Popen([str(SWEEPLAB), "-m", "width=128", "height=128", "steps=10", "strength=1.0",
+                              "tracking.log_step_images=false", "seed=range(1,13)"], cwd=tmp_path, text=True,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    while children_in_status(tmp_path, "FINISHED") < 1 and sweep.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    with open(tmp_path / "mlflow.db", "r+b") as database:  # the store's file is overwritten under the sweep
+        database.write(b"\0" * 4096)
+    _, err = sweep.communicate(timeout=600)
+    assert sweep.returncode == 2, err[-3000:]
+    ours = [line for line in err.splitlines() if line.startswith("sweeplab: error:")]
+    assert "the MLflow store failed mid-sweep" in ours[-1] and "run the same command again" in ours[-1]
+    # The trials in flight fail (one line each); the rest are not tried one by one against a dead store.
+    assert len(ours) <= 3 and "Traceback" not in err, err[-3000:]
