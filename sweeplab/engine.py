@@ -104,7 +104,7 @@ class SweepEngine:
             self.models = PipelineCache(self.settings.max_loaded_models)
         writer = None
         try:
-            planned = plan_trials(jobs)  # imports torch and diffusers while the store opens in the background
+            planned = plan_trials(jobs)
             self.parent_run_id = self.parent_run() if self.settings.multirun else None
             for job in {id(p.job): p.job for p in planned if p.job.cfg is not None}.values():
                 self.tracker_for(job)  # every store opens (or fails in one line) before any model loads
