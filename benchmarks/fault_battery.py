@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -49,7 +50,7 @@ CASES = (
     Case("cfg_scale inf", ("cfg_scale=inf",), "cfg_scale"),
     Case("seed not a number", ("seed=abc",), "seed"),
     Case("width not a multiple of 8", ("width=63", "height=64", "steps=2"), "width", tiny=False),
-    Case("height beyond memory", ("height=100000", "width=64", "steps=2"), "height", tiny=False),
+    Case("height beyond memory", ("height=100000", "steps=2"), "height", tiny=False),  # the case: width 512
     Case("fit not a bool", ("fit=maybe",), "fit"),
     Case("iterations 0", ("iterations=0",), "iterations"),
     Case("dtype unknown", ("dtype=float8",), "dtype"),
@@ -121,7 +122,7 @@ def judge(case: Case, code: int | None, output: str, seconds: float) -> Outcome:
     lines = output.splitlines()
     errors = [line for line in lines if line.startswith("sweeplab: error:")]
     summary = [line for line in lines if line.startswith("sweeplab: ") and " trials: " in line]
-    line = (errors or summary or [""])[-1]
+    line = (summary or errors or [""])[-1]  # a sweep whose trials fail is judged by its summary
     outcome = Outcome(case.name, False, round(seconds, 1), code, line[:240])
     if code is None:
         outcome.why = f"still running after {case.seconds:.0f} s"
@@ -137,7 +138,7 @@ def judge(case: Case, code: int | None, output: str, seconds: float) -> Outcome:
 
 
 def run_case(case: Case, root: Path) -> Outcome:
-    folder = root / case.name.replace(" ", "-").replace(",", "")
+    folder = root / re.sub(r"[^A-Za-z0-9]+", "-", case.name)
     folder.mkdir()
     prepare(case, folder)
     command = [sweeplab_executable(), *case.args, *(TINY if case.tiny else ())]
