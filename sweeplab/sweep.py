@@ -96,6 +96,7 @@ class PlannedTrial:
     job: ComposedJob
     trial: object | None = None  # a sweeplab.trial.Trial
     error: str | None = None
+    run_name: str = ""  # its MLflow run's name, set by runnames.name_runs once the whole sweep is planned
 
     @property
     def label(self) -> str:

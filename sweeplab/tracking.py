@@ -16,6 +16,7 @@ import os
 import re
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -58,6 +59,11 @@ DIFFUSERS_VERSION_TAG = "sweeplab.diffusers_version"
 GIT_COMMIT_TAG = "sweeplab.git_commit"  # HEAD of the working directory, when it is a git repository
 MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value (mlflow.utils.validation.MAX_PARAM_VAL_LENGTH)
 LONG_PARAM_FOLDER = "params"  # a param over that limit is kept whole as the artifact params/<key>.txt
+SWEEP_TAG = "sweeplab.sweep"  # "true" on a sweep's parent run
+COMMAND_TAG = "sweeplab.command"  # on a parent run: the command line that started the sweep
+SUMMARY_FOLDER = "summary"  # a parent run's artifacts written when the sweep ends: the grid and the trials table
+SUMMARY_GRID = "grid.png"  # summary/grid.png (grid-1.png, ... when a third key makes one grid per value)
+SUMMARY_TABLE = "trials.md"  # summary/trials.md: one row per trial
 ENVIRONMENT_TAGS = (DEVICE_TAG, DTYPE_TAG, TORCH_THREADS_TAG, CPU_CAPABILITY_TAG, TORCH_VERSION_TAG,
                     DIFFUSERS_VERSION_TAG, GIT_COMMIT_TAG, VERSION_TAG)
 
@@ -391,13 +397,15 @@ class MlflowSweepCallback(Callback):
         return self.parent_run_id
 
     def _open(self, config: DictConfig) -> None:
+        from sweeplab.sweeprecord import sweep_command, swept_params
+
         try:
             self.tracker = MlflowTracker.from_config(config)
             overrides = overrides_tag(OmegaConf.select(config, "hydra.overrides.task", default=[]))
             self.parent_run_id = self.tracker.start_run(
                 run_name=f"sweep {Path(str(config.hydra.sweep.dir)).as_posix()}",
-                params={},
-                tags={"sweeplab.sweep": "true", "sweeplab.overrides": overrides, **owner_tag()},
+                params=swept_params(config),
+                tags={SWEEP_TAG: "true", "sweeplab.overrides": overrides, COMMAND_TAG: sweep_command(), **owner_tag()},
                 parent_run_id=None,
             )
             os.environ[PARENT_RUN_ENV] = self.parent_run_id
@@ -407,11 +415,18 @@ class MlflowSweepCallback(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         from sweeplab import outcome
+        from sweeplab.sweeprecord import record_result
 
         self.parent_run()
         children = self.tracker.child_runs(self.parent_run_id)
         parent_tags = self.tracker.run_tags(self.parent_run_id)
         summary = outcome.SweepSummary.from_runs(children, parent_tags)
+        try:
+            record_result(self.tracker, self.parent_run_id, summary)
+        except Exception as err:  # noqa: BLE001 - the sweep's own result stands without its summary
+            lines = str(err).strip().splitlines()
+            print(f"sweeplab: warning: the sweep's grid and trials table were not logged: {type(err).__name__}: "
+                  f"{lines[0] if lines else ''}", file=sys.stderr)
         self.tracker.end_run(self.parent_run_id, "FAILED" if summary.failed else "FINISHED")
         atexit.unregister(self._close_unfinished)
         os.environ.pop(PARENT_RUN_ENV, None)

@@ -116,6 +116,7 @@ def runs_frame(runs) -> pd.DataFrame:
         params = {**_overrides(tags.get(OVERRIDES_TAG, "")), **run.data.params}
         rows.append({
             "run_id": run.info.run_id,
+            "run_name": run.info.run_name,
             "experiment_id": run.info.experiment_id,
             "status": run.info.status,
             "start_time": run.info.start_time,
