@@ -13,11 +13,13 @@ from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
+from omegaconf import OmegaConf
 from PIL import Image
 
 from conftest import SWEEPLAB, browser_page
 from sweeplab.runnames import name_runs
 from sweeplab.sweep import ComposedJob, PlannedTrial
+from sweeplab.tracking import CONFIG_HASH_TAG, SWEEP_TAG, MlflowSweepCallback, MlflowTracker
 from sweeplab.trial import prepare_trial
 
 TINY = ["width=64", "height=64", "steps=2"]
@@ -140,6 +142,23 @@ def test_invalid_trials_still_give_the_parent_its_table_and_close_it(tmp_path):
     assert [item.path for item in client.list_artifacts(parent.info.run_id, "summary")] == ["summary/trials.md"]
     table = Path(client.download_artifacts(parent.info.run_id, "summary/trials.md", str(tmp_path))).read_text()
     assert "No grid: no trial finished." in table and table.count("| FAILED |") == 2
+
+
+def test_a_summary_that_cannot_be_built_warns_in_one_line_and_the_parent_still_closes(tmp_path, capsys):
+    """Two FINISHED children whose output.png is gone (removed from the store by hand): no grid can be drawn."""
+    tracker = MlflowTracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "no-outputs")
+    callback = MlflowSweepCallback()
+    callback.tracker = tracker
+    callback.parent_run_id = tracker.start_run("sweep", {}, {SWEEP_TAG: "true"}, None)
+    for strength in ("0.5", "1.0"):
+        child = tracker.start_run(f"strength={strength}", {"strength": strength}, {CONFIG_HASH_TAG: strength},
+                                  callback.parent_run_id)
+        tracker.end_run(child, "FINISHED")
+    callback.on_multirun_end(OmegaConf.create({}))
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("sweeplab: warning")]
+    assert len(warnings) == 1, warnings
+    assert warnings[0].startswith("sweeplab: warning: the sweep's grid and trials table were not logged: ")
+    assert tracker.client.get_run(callback.parent_run_id).info.status == "FINISHED"
 
 
 def test_runs_table_lists_the_children_and_the_parent_shows_its_grid_in_chromium(mlflow_server, chromium, tmp_path):

@@ -36,7 +36,7 @@ def write_sweep_summary(client, parent_run_id: str, out: Path) -> list[Path]:
 
 
 def sweep_trials(client, parent_run_id: str) -> pd.DataFrame:
-    """One row per trial of the sweep: its children, and the earlier runs it reused (resume), by run name."""
+    """One row per trial of the sweep: its children, and the earlier runs it reused (resume)."""
     parent = client.get_run(parent_run_id)
     children = list(iter_runs(client, parent.info.experiment_id, f"tags.`{PARENT_TAG}` = '{parent_run_id}'"))
     reused = [client.get_run(run_id) for tag, run_id in sorted(parent.data.tags.items())
@@ -56,7 +56,7 @@ def _grids(frame: pd.DataFrame, client, keys: list[str]) -> tuple[list[bytes], s
                     "sweeplab-report grid --sweep RUN_ID --x KEY --y KEY --z KEY.")
     axes = keys if len(keys) > 1 else [keys[0], next(key for key in PARAM_KEYS if key not in keys)]
     report = Report("grid", "grid")
-    artifacts = Artifacts(client)
+    artifacts = Artifacts(client, progress=False)
     try:
         add_grids(report, frame, artifacts, axes, style=GridStyle(cell=CELL))
     finally:
