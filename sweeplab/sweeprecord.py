@@ -52,7 +52,8 @@ def record_result(tracker, parent_run_id: str, summary) -> None:
     counts = {"trials": summary.finished + summary.failed + summary.skipped, "trials_finished": summary.finished,
               "trials_failed": summary.failed, "trials_skipped": summary.skipped}
     now = int(time.time() * 1000)
-    tracker.client.log_batch(parent_run_id, metrics=[Metric(key, float(value), now, 0) for key, value in counts.items()])
+    metrics = [Metric(key, float(value), now, 0) for key, value in counts.items()]
+    tracker.client.log_batch(parent_run_id, metrics=metrics)
     with tempfile.TemporaryDirectory(prefix="sweeplab-summary-") as folder:
         write_sweep_summary(tracker.client, parent_run_id, Path(folder))
         tracker.client.log_artifacts(parent_run_id, folder, SUMMARY_FOLDER)

@@ -24,7 +24,7 @@ from sweeplab.trial import prepare_trial
 
 TINY = ["width=64", "height=64", "steps=2"]
 LONG_PROMPTS = ["a red circle on a blue background", "a red circle on a blue backdrop"]
-# 2 samplers x 2 prompts that share their first 26 characters; per-step previews on, to count them
+# 2 samplers x 2 prompts that differ only in their last word; per-step previews on, to count them
 SWEEP = ["-m", *TINY, "sampler=k_lms,k_euler", f'prompt="{LONG_PROMPTS[0]}","{LONG_PROMPTS[1]}"']
 NAMES = {"sampler=k_lms prompt=…background", "sampler=k_lms prompt=…backdrop",
          "sampler=k_euler prompt=…background", "sampler=k_euler prompt=…backdrop"}

@@ -13,8 +13,8 @@ import pandas as pd
 from sweeplab.report.grid import GridStyle
 from sweeplab.report.page import Report, Table, to_markdown
 from sweeplab.report.reports import add_grids
-from sweeplab.report.runs import (PARAM_KEYS, PARENT_TAG, Artifacts, format_value, iter_runs, one_per_trial, runs_frame,
-                                  varying_keys)
+from sweeplab.report.runs import (PARAM_KEYS, PARENT_TAG, Artifacts, ReportError, format_value, iter_runs,
+                                  one_per_trial, runs_frame, varying_keys)
 from sweeplab.tracking import SKIPPED_TAG_PREFIX, SUMMARY_GRID, SUMMARY_TABLE
 
 CELL = 128  # px: a grid cell's width; enough to tell outputs apart, small enough to log in a moment
@@ -59,6 +59,8 @@ def _grids(frame: pd.DataFrame, client, keys: list[str]) -> tuple[list[bytes], s
     artifacts = Artifacts(client, progress=False)
     try:
         add_grids(report, frame, artifacts, axes, style=GridStyle(cell=CELL))
+    except ReportError as err:  # e.g. trials that differ only in what params do not show (device, dtype)
+        return [], f"No grid: {err}"
     finally:
         artifacts.close()
     return [report.images[src] for src in sorted(report.images)], ""
