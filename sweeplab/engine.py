@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 
 from sweeplab import interrupts, outcome
 from sweeplab.errors import ConfigError
-from sweeplab.runnames import name_runs
+from sweeplab.runnames import plan_run_names
 from sweeplab.sweep import ComposedJob, PlannedTrial, batches, cost_order, plan_trials
 
 log = logging.getLogger("sweeplab")
@@ -104,8 +104,9 @@ class SweepEngine:
             self.models = PipelineCache(self.settings.max_loaded_models)
         writer = None
         try:
+            if any(job.run_name is None for job in jobs if job.cfg is not None):  # unless the launcher named them
+                plan_run_names(jobs)
             planned = plan_trials(jobs)  # imports torch and diffusers while the store opens in the background
-            name_runs([p for p in planned if p.trial is not None])
             self.parent_run_id = self.parent_run() if self.settings.multirun else None
             for invalid in (p for p in planned if p.error is not None):
                 self._record_invalid(invalid)
@@ -326,7 +327,8 @@ class SweepEngine:
 
 def _run_name(planned: PlannedTrial, trial) -> str:
     """The trial's name within its sweep (runnames.py); each link of an iterations chain adds its number."""
-    return planned.run_name + (f" it{trial.spec.iteration}" if trial.iterations > 1 else "")
+    name = planned.job.run_name.for_trial(trial.spec.config_hash)
+    return name + (f" it{trial.spec.iteration}" if trial.iterations > 1 else "")
 
 
 def _raw_params(cfg) -> dict[str, str]:

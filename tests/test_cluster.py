@@ -111,7 +111,7 @@ def test_chunked_slurm_tasks_load_the_model_once_each(slurm_cluster, mlflow_serv
     experiment, job_name = unique("chunked"), unique("sweeplab-test")
     launcher = sweeplab(*slurm_launcher(job_name), "hydra.launcher.trials_per_task=12", "tracking=server",
                         f"tracking.uri={mlflow_server}", f"tracking.experiment={experiment}", *TINY,
-                        "seed=range(0,24)", cwd=tmp_path)
+                        "sampler=k_lms,k_euler", "seed=range(0,12)", cwd=tmp_path)
     started = time.monotonic()
     _, err = launcher.communicate(timeout=900)
     print(f"24 trials in 2 SLURM tasks in {time.monotonic() - started:.1f} s", file=sys.stderr)
@@ -121,6 +121,9 @@ def test_chunked_slurm_tasks_load_the_model_once_each(slurm_cluster, mlflow_serv
     assert len(children) == 24 and {c.info.status for c in children} == {"FINISHED"}
     tasks = Counter(c.data.tags["sweeplab.slurm_job"] for c in children)
     assert sorted(tasks.values()) == [12, 12]
+    # the tasks are cut by sampler (cost order), yet each run is named as in the whole sweep
+    assert sorted(c.info.run_name for c in children) == sorted(
+        f"sampler={sampler} seed={seed}" for sampler in ("k_lms", "k_euler") for seed in range(12))
     task_logs = list(tmp_path.glob("multirun/*/*/.submitit/*/*_log.out"))  # Hydra logs to stdout
     loads = [line for log in task_logs for line in log.read_text().splitlines() if "loaded on cpu" in line]
     assert len(task_logs) == 2 and len(loads) == 2, loads

@@ -17,8 +17,8 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from conftest import SWEEPLAB, browser_page
-from sweeplab.runnames import name_runs
-from sweeplab.sweep import ComposedJob, PlannedTrial
+from sweeplab.runnames import plan_run_names
+from sweeplab.sweep import ComposedJob
 from sweeplab.tracking import CONFIG_HASH_TAG, SWEEP_TAG, MlflowSweepCallback, MlflowTracker
 from sweeplab.trial import prepare_trial
 
@@ -31,11 +31,11 @@ NAMES = {"sampler=k_lms prompt=…background", "sampler=k_lms prompt=…backdrop
 
 
 def names_of(compose_config, *sweep: list[str]) -> list[str]:
-    """The run names a sweep of these trials (each a list of overrides) gets, from real validated trials."""
-    planned = [PlannedTrial(ComposedJob(num, overrides, None), trial=prepare_trial(compose_config(*TINY, *overrides)))
-               for num, overrides in enumerate(sweep)]
-    name_runs(planned)
-    return [item.run_name for item in planned]
+    """The run names a sweep of these trials (each a list of overrides) gets, from their composed configs and,
+    where names tie, their validated trials' config hashes."""
+    jobs = [ComposedJob(num, overrides, compose_config(*TINY, *overrides)) for num, overrides in enumerate(sweep)]
+    plan_run_names(jobs)
+    return [job.run_name.for_trial(prepare_trial(job.cfg).spec.config_hash) for job in jobs]
 
 
 def test_run_names_name_only_what_differs(compose_config):
