@@ -258,7 +258,8 @@ def write_step_images(folder: Path, images: list, timestamp_ms: int) -> None:
     """Per-step previews as `MlflowClient.log_image(image, key=..., step=...)` lays them out, for one upload.
 
     log_image costs two artifact uploads and a tag write per step; the UI's image slider reads only the
-    files' names (`images/<key>+step+<n>+timestamp+<ms>+<uuid>.png` and a `+compressed.webp` thumbnail).
+    files' names (`images/<key>+step+<n>+timestamp+<ms>+<uuid>.png` and a `+compressed.webp` thumbnail), and
+    needs both: the step and the full image come from the PNG, the slider shows the WebP (a spinner without it).
     log_image also scales every thumbnail to 256 px, up as well as down: a 32 px latent preview becomes a
     thumbnail 64 times its size that takes longer to encode than the trial's other images together. Here
     a thumbnail is never larger than its preview.

@@ -41,6 +41,8 @@ def sweep_trials(client, parent_run_id: str) -> pd.DataFrame:
     children = list(iter_runs(client, parent.info.experiment_id, f"tags.`{PARENT_TAG}` = '{parent_run_id}'"))
     reused = [client.get_run(run_id) for tag, run_id in sorted(parent.data.tags.items())
               if tag.startswith(SKIPPED_TAG_PREFIX)]
+    if not children + reused:
+        raise ReportError("the sweep has no trial runs (no trial could be composed)")
     return one_per_trial(runs_frame(children + reused))
 
 
