@@ -20,6 +20,7 @@ from omegaconf import OmegaConf
 
 from sweeplab import interrupts, outcome
 from sweeplab.errors import ConfigError, StoreError
+from sweeplab.runnames import plan_run_names
 from sweeplab.sweep import ComposedJob, PlannedTrial, batches, cost_order, plan_trials
 
 log = logging.getLogger("sweeplab")
@@ -104,6 +105,8 @@ class SweepEngine:
             self.models = PipelineCache(self.settings.max_loaded_models)
         writer = None
         try:
+            if any(job.run_name is None for job in jobs if job.cfg is not None):  # unless the launcher named them
+                plan_run_names(jobs)
             planned = plan_trials(jobs)
             self.parent_run_id = self.parent_run() if self.settings.multirun else None
             for job in {id(p.job): p.job for p in planned if p.job.cfg is not None}.values():
@@ -265,7 +268,7 @@ class SweepEngine:
             if previous is not None and previous.run_id:
                 tags["sweeplab.previous_run_id"] = previous.run_id
             try:
-                run.run_id = run.tracker.start_run(_run_name(trial), trial.spec.params(), tags, parent)
+                run.run_id = run.tracker.start_run(_run_name(planned, trial), trial.spec.params(), tags, parent)
             except Exception as err:  # noqa: BLE001 - the trial still runs; its failure to log is reported
                 message = f"could not create its run: {_one_line(err)}"
                 _print_error(self._where(planned), message)
@@ -343,10 +346,10 @@ class SweepEngine:
         return f"trial {planned.label} [{overrides_tag(planned.job.overrides)}]" if self.settings.multirun else None
 
 
-def _run_name(trial) -> str:
-    spec = trial.spec
-    name = f"{spec.sampler} s{spec.strength} n{spec.steps} seed{spec.seed}"
-    return name + (f" it{spec.iteration}" if trial.iterations > 1 else "")
+def _run_name(planned: PlannedTrial, trial) -> str:
+    """The trial's name within its sweep (runnames.py); each link of an iterations chain adds its number."""
+    name = planned.job.run_name.for_trial(trial.spec.config_hash)
+    return name + (f" it{trial.spec.iteration}" if trial.iterations > 1 else "")
 
 
 def _raw_params(cfg) -> dict[str, str]:

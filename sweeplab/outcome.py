@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit, urlunsplit
 
 from sweeplab.tracking import CONFIG_HASH_TAG, ERROR_TAG, SKIPPED_TAG_PREFIX
+
+LOCAL_UI = "http://127.0.0.1:5000"  # where `mlflow ui` serves by default
+# MLflow 3 opens an experiment on its GenAI overview; this query opens the runs table of classic ML runs.
+RUNS_TABLE_QUERY = "workflowType=machine_learning"
 
 _failures: list[str] = []
 
@@ -50,8 +55,18 @@ def report_sweep(summary: SweepSummary, tracker, parent_run_id: str) -> None:
         print(f"sweeplab:   failed {error}", file=sys.stderr)
     if summary.failed:
         record_failure(f"{summary.failed} of {total} trials failed")
-    print(
-        f"sweeplab: MLflow store {tracker.uri}, experiment id {tracker.experiment_id}, sweep run {parent_run_id}\n"
-        f"sweeplab: browse with: mlflow ui --backend-store-uri {tracker.uri}",
-        file=sys.stderr,
-    )
+    print(f"sweeplab: MLflow store {tracker.uri}, experiment id {tracker.experiment_id}, sweep run {parent_run_id}",
+          file=sys.stderr)
+    if urlsplit(tracker.uri).scheme in ("http", "https"):
+        print(f"sweeplab: the sweep's runs: {runs_table_url(tracker.uri, tracker.experiment_id)}", file=sys.stderr)
+    else:
+        print(f"sweeplab: browse with: mlflow ui --backend-store-uri {tracker.uri}\n"
+              f"sweeplab: then open: {runs_table_url(LOCAL_UI, tracker.experiment_id)}", file=sys.stderr)
+
+
+def runs_table_url(ui: str, experiment_id: str) -> str:
+    """The experiment's runs table in the MLflow UI at `ui` (a server's address; its password left out)."""
+    parts = urlsplit(ui)
+    host = parts.hostname + (f":{parts.port}" if parts.port else "")
+    base = urlunsplit((parts.scheme, host, parts.path.rstrip("/"), "", ""))
+    return f"{base}/#/experiments/{experiment_id}/runs?{RUNS_TABLE_QUERY}"

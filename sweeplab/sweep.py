@@ -18,6 +18,7 @@ from hydra.core.override_parser.types import Override, OverrideType
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from sweeplab.errors import ConfigError
+from sweeplab.runnames import RunName
 
 
 @dataclass
@@ -29,6 +30,7 @@ class ComposedJob:
     cfg: DictConfig | None  # the job's config without the `hydra` node; None if it could not be composed
     choices: dict[str, str | None] = field(default_factory=dict)  # hydra.runtime.choices, e.g. experiment
     error: str | None = None  # why it could not be composed, one line
+    run_name: RunName | None = None  # planned over the whole sweep (runnames.plan_run_names), before any task runs
 
 
 class JobComposer:

@@ -61,6 +61,11 @@ DIFFUSERS_VERSION_TAG = "sweeplab.diffusers_version"
 GIT_COMMIT_TAG = "sweeplab.git_commit"  # HEAD of the working directory, when it is a git repository
 MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value (mlflow.utils.validation.MAX_PARAM_VAL_LENGTH)
 LONG_PARAM_FOLDER = "params"  # a param over that limit is kept whole as the artifact params/<key>.txt
+SWEEP_TAG = "sweeplab.sweep"  # "true" on a sweep's parent run
+COMMAND_TAG = "sweeplab.command"  # on a parent run: the command line that started the sweep
+SUMMARY_FOLDER = "summary"  # a parent run's artifacts written when the sweep ends: the grid and the trials table
+SUMMARY_GRID = "grid.png"  # summary/grid.png (grid-1.png, ... when a third key makes one grid per value)
+SUMMARY_TABLE = "trials.md"  # summary/trials.md: one row per trial
 ENVIRONMENT_TAGS = (DEVICE_TAG, DTYPE_TAG, TORCH_THREADS_TAG, CPU_CAPABILITY_TAG, TORCH_VERSION_TAG,
                     DIFFUSERS_VERSION_TAG, GIT_COMMIT_TAG, VERSION_TAG)
 
@@ -311,7 +316,8 @@ def write_step_images(folder: Path, images: list, timestamp_ms: int) -> None:
     """Per-step previews as `MlflowClient.log_image(image, key=..., step=...)` lays them out, for one upload.
 
     log_image costs two artifact uploads and a tag write per step; the UI's image slider reads only the
-    files' names (`images/<key>+step+<n>+timestamp+<ms>+<uuid>.png` and a `+compressed.webp` thumbnail).
+    files' names (`images/<key>+step+<n>+timestamp+<ms>+<uuid>.png` and a `+compressed.webp` thumbnail), and
+    needs both: the step and the full image come from the PNG, the slider shows the WebP (a spinner without it).
     log_image also scales every thumbnail to 256 px, up as well as down: a 32 px latent preview becomes a
     thumbnail 64 times its size that takes longer to encode than the trial's other images together. Here
     a thumbnail is never larger than its preview.
@@ -424,6 +430,8 @@ class MlflowSweepCallback(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         atexit.register(self._close_unfinished)
+        from sweeplab.sweeprecord import sweep_command, swept_params
+
         try:
             self.tracker = MlflowTracker.from_config(config)
         except StoreError as err:
@@ -431,8 +439,9 @@ class MlflowSweepCallback(Callback):
         overrides = overrides_tag(OmegaConf.select(config, "hydra.overrides.task", default=[]))
         self.parent_run_id = self.tracker.start_run(
             run_name=f"sweep {Path(str(config.hydra.sweep.dir)).as_posix()}",
-            params={},
-            tags={"sweeplab.sweep": "true", "sweeplab.overrides": overrides, **owner_tag(), **environment_tags()},
+            params=swept_params(config),
+            tags={SWEEP_TAG: "true", "sweeplab.overrides": overrides, COMMAND_TAG: sweep_command(), **owner_tag(),
+                  **environment_tags()},
             parent_run_id=None,
         )
         os.environ[PARENT_RUN_ENV] = self.parent_run_id
@@ -443,17 +452,23 @@ class MlflowSweepCallback(Callback):
 
     def fail(self, reason: str) -> None:
         """The sweep could not start (e.g. the cluster refused it): its parent run ends FAILED with the reason."""
-        self.parent_run()
         self.tracker.end_run(self.parent_run_id, "FAILED", reason)
         atexit.unregister(self._close_unfinished)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         from sweeplab import outcome
+        from sweeplab.sweeprecord import record_result
 
         self.parent_run()
         children = self.tracker.child_runs(self.parent_run_id)
         parent_tags = self.tracker.run_tags(self.parent_run_id)
         summary = outcome.SweepSummary.from_runs(children, parent_tags)
+        try:
+            record_result(self.tracker, self.parent_run_id, summary)
+        except Exception as err:  # noqa: BLE001 - the sweep's own result stands without its summary
+            lines = str(err).strip().splitlines()
+            print(f"sweeplab: warning: the sweep's grid and trials table were not logged: {type(err).__name__}: "
+                  f"{lines[0] if lines else ''}", file=sys.stderr)
         self.tracker.end_run(self.parent_run_id, "FAILED" if summary.failed else "FINISHED")
         atexit.unregister(self._close_unfinished)
         os.environ.pop(PARENT_RUN_ENV, None)

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -19,6 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO / "conf"
 SWEEPLAB = Path(sys.executable).parent / "sweeplab"
 CHROMIUM = Path("/usr/bin/chromium")
+IN_CI = os.environ.get("CI") == "true"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
@@ -72,25 +74,53 @@ def sweeplab_cli(tmp_path):
 @pytest.fixture(scope="session")
 def chromium() -> Path:
     """Debian's chromium, installed by scripts/install-browser.sh when missing; in CI its absence fails."""
-    in_ci = os.environ.get("CI") == "true"
     if not CHROMIUM.exists() and shutil.which("apt-get"):
         subprocess.run(["bash", str(REPO / "scripts" / "install-browser.sh")], capture_output=True, timeout=1200)
     if not CHROMIUM.exists():
-        if in_ci:
+        if IN_CI:
             pytest.fail("chromium is missing and scripts/install-browser.sh could not install it")
         pytest.skip("no /usr/bin/chromium (run scripts/install-browser.sh as root)")
     try:
         import playwright.sync_api  # noqa: F401
     except ImportError:
-        if in_ci:
+        if IN_CI:
             pytest.fail("the playwright package is missing (pip install -e '.[test]')")
         pytest.skip("the playwright package is missing (pip install -e '.[test]')")
     return CHROMIUM
 
 
+def project_service(script: str, env: dict[str, str] | None = None):
+    """Start a service with its project script unless it is already up; stop it after if we started it."""
+    path = REPO / "scripts" / script
+    env = {**os.environ, **(env or {})}
+    if subprocess.run([path, "status"], capture_output=True, env=env).returncode == 0:
+        yield False
+        return
+    started = time.monotonic()
+    done = subprocess.run([path, "up"], capture_output=True, text=True, env=env, timeout=900)
+    if done.returncode != 0:
+        reason = f"{script} up failed: " + " | ".join(done.stderr.strip().splitlines()[-3:])
+        if IN_CI:
+            pytest.fail(reason)
+        pytest.skip(reason)
+    print(f"{script} up in {time.monotonic() - started:.1f} s", file=sys.stderr)
+    yield True
+    subprocess.run([path, "down"], capture_output=True, env=env)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server() -> str:
+    if os.geteuid() != 0 and not IN_CI:
+        pytest.skip("the local MLflow server script needs root (apt, PostgreSQL)")
+    env = {"PYTHON": sys.executable}
+    for _ in project_service("mlflow-server.sh", env):
+        yield subprocess.run([REPO / "scripts" / "mlflow-server.sh", "uri"], capture_output=True, text=True,
+                             env={**os.environ, **env}, check=True).stdout.strip()
+
+
 @contextmanager
-def browser_page(chromium: Path, profile: Path, page_file: Path):
-    """A local page loaded in headless chromium (a 1600x1200 window); script errors on it fail the test."""
+def browser_page(chromium: Path, profile: Path, page: Path | str):
+    """A local page file or a URL loaded in headless chromium (a 1600x1200 window); script errors fail the test."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as driver:
@@ -98,12 +128,12 @@ def browser_page(chromium: Path, profile: Path, page_file: Path):
             str(profile), executable_path=str(chromium), headless=True, args=CHROMIUM_FLAGS,
             viewport={"width": 1600, "height": 1200})
         try:
-            page = browser.new_page()
+            tab = browser.new_page()
             errors: list[str] = []
-            page.on("pageerror", lambda error: errors.append(str(error)))
-            page.goto(page_file.as_uri(), wait_until="load")
-            yield page
-            assert errors == [], f"script errors on {page_file.name}: {errors}"
+            tab.on("pageerror", lambda error: errors.append(str(error)))
+            tab.goto(page if isinstance(page, str) else page.as_uri(), wait_until="load")
+            yield tab
+            assert errors == [], f"script errors on {page}: {errors}"
         finally:
             browser.close()
 

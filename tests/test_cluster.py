@@ -20,46 +20,16 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from conftest import REPO, SWEEPLAB
+from conftest import IN_CI, REPO, SWEEPLAB, project_service
 
 TINY = ["width=64", "height=64", "steps=2", "strength=1.0", "tracking.log_step_images=false"]
-IN_CI = os.environ.get("CI") == "true"
-
-
-def _service(script: str, env: dict[str, str] | None = None):
-    """Start a service with its project script unless it is already up; stop it after if we started it."""
-    path = REPO / "scripts" / script
-    env = {**os.environ, **(env or {})}
-    if subprocess.run([path, "status"], capture_output=True, env=env).returncode == 0:
-        yield False
-        return
-    started = time.monotonic()
-    done = subprocess.run([path, "up"], capture_output=True, text=True, env=env, timeout=900)
-    if done.returncode != 0:
-        reason = f"{script} up failed: " + " | ".join(done.stderr.strip().splitlines()[-3:])
-        if IN_CI:
-            pytest.fail(reason)
-        pytest.skip(reason)
-    print(f"{script} up in {time.monotonic() - started:.1f} s", file=sys.stderr)
-    yield True
-    subprocess.run([path, "down"], capture_output=True, env=env)
 
 
 @pytest.fixture(scope="session")
 def slurm_cluster():
     if os.geteuid() != 0 and not IN_CI:
         pytest.skip("the local SLURM cluster needs root (apt, munge, slurmd)")
-    yield from _service("slurm-local.sh")
-
-
-@pytest.fixture(scope="session")
-def mlflow_server() -> str:
-    if os.geteuid() != 0 and not IN_CI:
-        pytest.skip("the local MLflow server script needs root (apt, PostgreSQL)")
-    env = {"PYTHON": sys.executable}
-    for _ in _service("mlflow-server.sh", env):
-        yield subprocess.run([REPO / "scripts" / "mlflow-server.sh", "uri"], capture_output=True, text=True,
-                             env={**os.environ, **env}, check=True).stdout.strip()
+    yield from project_service("slurm-local.sh")
 
 
 def unique(prefix: str) -> str:
@@ -141,7 +111,7 @@ def test_chunked_slurm_tasks_load_the_model_once_each(slurm_cluster, mlflow_serv
     experiment, job_name = unique("chunked"), unique("sweeplab-test")
     launcher = sweeplab(*slurm_launcher(job_name), "hydra.launcher.trials_per_task=12", "tracking=server",
                         f"tracking.uri={mlflow_server}", f"tracking.experiment={experiment}", *TINY,
-                        "seed=range(0,24)", cwd=tmp_path)
+                        "sampler=k_lms,k_euler", "seed=range(0,12)", cwd=tmp_path)
     started = time.monotonic()
     _, err = launcher.communicate(timeout=900)
     print(f"24 trials in 2 SLURM tasks in {time.monotonic() - started:.1f} s", file=sys.stderr)
@@ -151,6 +121,9 @@ def test_chunked_slurm_tasks_load_the_model_once_each(slurm_cluster, mlflow_serv
     assert len(children) == 24 and {c.info.status for c in children} == {"FINISHED"}
     tasks = Counter(c.data.tags["sweeplab.slurm_job"] for c in children)
     assert sorted(tasks.values()) == [12, 12]
+    # the tasks are cut by sampler (cost order), yet each run is named as in the whole sweep
+    assert sorted(c.info.run_name for c in children) == sorted(
+        f"sampler={sampler} seed={seed}" for sampler in ("k_lms", "k_euler") for seed in range(12))
     task_logs = list(tmp_path.glob("multirun/*/*/.submitit/*/*_log.out"))  # Hydra logs to stdout
     loads = [line for log in task_logs for line in log.read_text().splitlines() if "loaded on cpu" in line]
     assert len(task_logs) == 2 and len(loads) == 2, loads

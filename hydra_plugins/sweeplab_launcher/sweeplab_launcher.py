@@ -10,7 +10,7 @@ import logging
 import math
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, List, Optional, Sequence
 
@@ -26,6 +26,7 @@ from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLaunche
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from sweeplab.errors import ConfigError, exit_for
+from sweeplab.runnames import plan_run_names
 from sweeplab.sweep import ComposedJob, JobComposer
 
 log = logging.getLogger(__name__)
@@ -147,6 +148,7 @@ class SweeplabSlurmLauncher(SlurmLauncher):
 
         composer = JobComposer(self.hydra_context.config_loader, self.config)
         jobs = [composer.compose(num, list(o)) for num, o in enumerate(job_overrides, start=initial_job_idx)]
+        plan_run_names(jobs)  # over the whole sweep: a task's trials are named as in the sweep, not as in the task
         chunks = chunk_jobs(jobs, self.trials_per_task, self.params.get("array_parallelism") or 1)
         executor = submitit.AutoExecutor(cluster=self._EXECUTOR, **self._init_params())
         executor.update_parameters(**self._queue_params())
@@ -156,9 +158,9 @@ class SweeplabSlurmLauncher(SlurmLauncher):
         log.info("%d trials in %d SLURM tasks of up to %d", len(jobs), len(chunks), max(map(len, chunks)))
         _parent_run(self.hydra_context)()  # tasks find the parent run in the environment they inherit
         state = Singleton.get_state()
+        task_trials = [[(j.num, j.overrides, j.run_name) for j in chunk] for chunk in chunks]
         try:
-            tasks = executor.map_array(self, [[(j.num, j.overrides) for j in chunk] for chunk in chunks],
-                                       ["hydra.sweep.dir"] * len(chunks), [c[0].num for c in chunks],
+            tasks = executor.map_array(self, task_trials, ["hydra.sweep.dir"] * len(chunks), [c[0].num for c in chunks],
                                        [f"chunk_{c[0].num}" for c in chunks], [state] * len(chunks))
         except FailedJobError as err:  # sbatch refused the request
             self._refused(str(err))
@@ -175,7 +177,8 @@ class SweeplabSlurmLauncher(SlurmLauncher):
         sweep_dir = Path(str(OmegaConf.select(self.config, job_dir_key)))
         _log_to(self.config, sweep_dir)
         composer = JobComposer(self.hydra_context.config_loader, self.config)
-        jobs = [composer.compose(num, list(overrides)) for num, overrides in chunk]
+        jobs = [replace(composer.compose(num, list(overrides)), run_name=run_name)
+                for num, overrides, run_name in chunk]
         return run_jobs(jobs, self.batch_size, 1, lambda: os.environ.get(PARENT_RUN_ENV))
 
     def _refused(self, sbatch_error: str) -> None:

@@ -15,7 +15,7 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
-from sweeplab.tracking import CONFIG_HASH_TAG, ERROR_TAG, resolve_tracking_uri
+from sweeplab.tracking import CONFIG_HASH_TAG, ERROR_TAG, SWEEP_TAG, resolve_tracking_uri
 
 # The InvokeAI options, with the values they have when unused (captions leave those out).
 OPTION_DEFAULTS = {"fit": "False", "iteration": 0, "variation_amount": 0.0, "variation_seed": None,
@@ -26,7 +26,6 @@ NUMERIC_PARAMS = {"strength": "float64", "steps": "Int64", "seed": "Int64", "cfg
                   "width": "Int64", "height": "Int64", "iteration": "Int64", "variation_amount": "float64",
                   "variation_seed": "Int64", "steps_taken_target": "Int64"}
 METRIC_KEYS = ("steps_taken", "unet_evals", "seconds")
-SWEEP_TAG = "sweeplab.sweep"
 OVERRIDES_TAG = "sweeplab.overrides"
 PARENT_TAG = "mlflow.parentRunId"
 PAGE_SIZE = 1000  # MlflowClient.search_runs' largest page
@@ -116,6 +115,7 @@ def runs_frame(runs) -> pd.DataFrame:
         params = {**_overrides(tags.get(OVERRIDES_TAG, "")), **run.data.params}
         rows.append({
             "run_id": run.info.run_id,
+            "run_name": run.info.run_name,
             "experiment_id": run.info.experiment_id,
             "status": run.info.status,
             "start_time": run.info.start_time,
@@ -174,9 +174,10 @@ def format_value(value) -> str:
 class Artifacts:
     """Run artifacts fetched through MLflow's download API (local stores and servers alike)."""
 
-    def __init__(self, client):
+    def __init__(self, client, progress: bool = True):
         os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"  # one bar for all files, below
         self.client = client
+        self.progress = progress  # the bar: on for a report command, off inside a sweep's closing lines
         self._tmp = tempfile.TemporaryDirectory(prefix="sweeplab-report-")
         self._images: dict[tuple[str, str], Image.Image] = {}
 
@@ -184,7 +185,8 @@ class Artifacts:
         """Download the named artifacts of every finished run, with a progress bar."""
         wanted = [(run_id, name) for run_id in frame.loc[frame["status"] == "FINISHED", "run_id"] for name in names
                   if (run_id, name) not in self._images]
-        for run_id, name in tqdm(wanted, desc="artifacts", unit="file", disable=not wanted, leave=False):
+        bar = tqdm(wanted, desc="artifacts", unit="file", disable=not (wanted and self.progress), leave=False)
+        for run_id, name in bar:
             try:
                 local = self.client.download_artifacts(run_id, name, str(Path(self._tmp.name) / run_id))
             except Exception as err:  # noqa: BLE001 - MLflow raises its own and OSError kinds for a missing file
