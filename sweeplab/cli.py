@@ -92,6 +92,10 @@ def preflight(argv: list[str]) -> None:
         key = override.key_or_group
         if override.is_delete() or override.is_add() or key.startswith("hydra"):
             continue
+        if override.is_sweep_override() and not args.multirun:
+            value = override.input_line.partition("=")[2]
+            raise ConfigError(f"{key}: '{value}' is a sweep; add -m (sweeplab -m {key}={value}), or give a list "
+                              f"in brackets ({key}=[{value}]) or a string in quotes")
         if key in CONFIG_GROUPS:
             allowed = options.of(key)
             for value in _choice_values(override):

@@ -136,6 +136,14 @@ def test_rerun_skips_finished_trials_and_resume_false_runs_them_again(sweeplab_c
     assert len(finished) == 4
 
 
+def test_a_sweep_without_multirun_is_one_line_that_names_the_key_and_minus_m(sweeplab_cli):
+    done = sweeplab_cli("seed=1,2", "width=64")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == ("sweeplab: error: seed: '1,2' is a sweep; add -m (sweeplab -m "
+                                                    "seed=1,2), or give a list in brackets (seed=[1,2]) or a string "
+                                                    "in quotes")
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_marks_the_trial_in_flight_and_its_sweep_killed(tmp_path, signum):
     sweep = subprocess.Popen(

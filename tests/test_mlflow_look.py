@@ -155,9 +155,11 @@ def test_a_summary_that_cannot_be_built_warns_in_one_line_and_the_parent_still_c
                                   callback.parent_run_id)
         tracker.end_run(child, "FINISHED")
     callback.on_multirun_end(OmegaConf.create({}))
+    # The grid cannot be drawn: the table is still logged, and says which run lacks its output.
     warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("sweeplab: warning")]
-    assert len(warnings) == 1, warnings
-    assert warnings[0].startswith("sweeplab: warning: the sweep's grid and trials table were not logged: ")
+    assert warnings == []
+    table = Path(tracker.client.download_artifacts(callback.parent_run_id, "summary/trials.md", str(tmp_path)))
+    assert "No grid: run " in table.read_text() and "has no artifact output.png" in table.read_text()
     assert tracker.client.get_run(callback.parent_run_id).info.status == "FINISHED"
 
 
