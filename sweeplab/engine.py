@@ -93,7 +93,7 @@ class SweepEngine:
 
     settings: ExecutionSettings = field(default_factory=ExecutionSettings)
     models: object = None  # a sweeplab.models.PipelineCache; one per process when given
-    parent_run: Callable[[], str | None] = lambda: None  # the sweep's parent run id, waited for when first needed
+    parent_run: Callable[[], str | None] = lambda: None  # the sweep's parent run id, asked once the trials are planned
     parent_run_id: str | None = field(default=None, init=False)  # set when the sweep runs
     _trackers: dict = field(default_factory=dict)
     _store_failure: str | None = field(default=None, init=False)  # set by the writer when the store stops answering
@@ -113,7 +113,7 @@ class SweepEngine:
                 self.tracker_for(job)  # every store opens (or fails in one line) before any model loads
             for invalid in (p for p in planned if p.error is not None):
                 self._record_invalid(invalid)
-            self._close_orphans([p.job for p in planned if p.job.cfg is not None])
+            self._close_orphans()
             runnable = self._skip_finished([p for p in planned if p.trial is not None])
             writer = RunWriter()
             groups = batches(cost_order(runnable), self.settings.batch_size)
@@ -180,11 +180,12 @@ class SweepEngine:
                 tracker.record_skips(self.parent_run_id, hashes)
         return kept
 
-    def _close_orphans(self, jobs: list[ComposedJob]) -> None:
-        """Runs left RUNNING by a process of this host that is gone (kill -9, a crash) are closed as KILLED."""
+    def _close_orphans(self) -> None:
+        """Runs left RUNNING by a process of this host that is gone (kill -9, a crash) are closed as KILLED,
+        in every store the sweep opened."""
         if not self.settings.multirun:
             return
-        for tracker in {id(t): t for t in map(self.tracker_for, jobs)}.values():
+        for tracker in self._trackers.values():
             closed = tracker.close_orphaned_runs()
             if closed:
                 print(f"sweeplab: closed {closed} runs left RUNNING by processes that are gone (KILLED, "

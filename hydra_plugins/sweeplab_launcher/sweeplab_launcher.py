@@ -106,7 +106,7 @@ def run_jobs(jobs: List[ComposedJob], batch_size: int, max_loaded_models: Option
 
 
 def _parent_run(hydra_context: HydraContext) -> Callable[[], Optional[str]]:
-    """How to get the sweep's parent run: from sweeplab's callback, which opens the store in the background."""
+    """How to get the sweep's parent run: from sweeplab's callback, else from the environment."""
     from sweeplab.tracking import PARENT_RUN_ENV, sweep_callback
 
     callback = sweep_callback(hydra_context)
