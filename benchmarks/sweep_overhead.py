@@ -51,7 +51,7 @@ CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("model load", ("sweeplab.models:PipelineCache.get", "sweeplab.models:load_img2img_pipeline",
                     "diffusers.pipelines.pipeline_utils:DiffusionPipeline.from_pretrained")),
     ("init image", ("sweeplab.images:*", "sweeplab.sketches:*")),
-    ("step recording", ("sweeplab.runner:_StepRecorder.*", "sweeplab.runner:_UnetEvalCounter.*")),
+    ("step recording", ("sweeplab.runner:_StepRecorder.*", "sweeplab.runner:_EvalCounter.*")),
     ("progress bars", ("tqdm.*:*",)),
     ("denoising", ("diffusers.pipelines.*:*.__call__",)),
     ("MLflow calls", ("mlflow:*", "mlflow.*:*")),

@@ -2,7 +2,7 @@
 
     python benchmarks/trial_speed.py [--repeats 3] [--samplers k_lms k_heun ...]
 
-Prints seconds per trial (median), UNet evaluations, and the ratio to the 2 s target of
+Prints seconds per trial (median), denoiser evaluations, and the ratio to the 2 s target of
 the toy model on a 2-core CPU. Figures, not assertions: speed never gates the tests.
 """
 
@@ -50,7 +50,7 @@ def main() -> None:
             result = run_trial(trial, loaded)
             times.append(time.perf_counter() - started)
         median = statistics.median(times)
-        print(f"{name:<12} {median:>9.3f} {min(times):>7.3f} {result.steps_taken:>6} {result.unet_evals:>6} "
+        print(f"{name:<12} {median:>9.3f} {min(times):>7.3f} {result.steps_taken:>6} {result.denoiser_evals:>6} "
               f"{median / TARGET_SECONDS:>9.2f}")
 
 

@@ -301,8 +301,8 @@ class SweepEngine:
                     pass
                 return
             run.tracker.end_run(run.run_id, "FINISHED")
-            log.info("trial %s: %d steps taken, %d UNet evaluations, %.2f s -> run %s",
-                     run.label, result.steps_taken, result.unet_evals, result.seconds, run.run_id)
+            log.info("trial %s: %d steps taken, %d denoiser evaluations, %.2f s -> run %s",
+                     run.label, result.steps_taken, result.denoiser_evals, result.seconds, run.run_id)
 
         writer.submit(finish)
 
@@ -358,7 +358,8 @@ def _raw_params(cfg) -> dict[str, str]:
     from sweeplab.trial import PARAM_KEYS
 
     raw = {key: OmegaConf.select(cfg, key, default=None) for key in PARAM_KEYS}
-    raw["model"] = OmegaConf.select(cfg, "model.name", default=None)
+    raw["model"] = next((OmegaConf.select(cfg, f"model.{key}", default=None) for key in ("path", "hub_id", "name")
+                         if OmegaConf.select(cfg, f"model.{key}", default=None)), None)
     raw["sampler"] = OmegaConf.select(cfg, "sampler.name", default=None)
     return {key: str(value) for key, value in raw.items() if value is not None and not OmegaConf.is_config(value)}
 

@@ -93,10 +93,10 @@ def image_digest(image: InitImage) -> str:
     return digest.hexdigest()
 
 
-def fit_within(width: int, height: int, box_width: int, box_height: int) -> tuple[int, int]:
-    """The largest size with the image's aspect ratio inside the box, in multiples of 8 (InvokeAI's --fit)."""
+def fit_within(width: int, height: int, box_width: int, box_height: int, multiple: int = 8) -> tuple[int, int]:
+    """The largest size with the image's aspect ratio inside the box, in multiples of `multiple` (InvokeAI's --fit)."""
     scale = min(box_width / width, box_height / height)
-    return max(8, int(width * scale) // 8 * 8), max(8, int(height * scale) // 8 * 8)
+    return tuple(max(multiple, int(side * scale) // multiple * multiple) for side in (width, height))
 
 
 def resize_init_image(image: InitImage, width: int, height: int) -> InitImage:

@@ -1,18 +1,18 @@
-"""Where a model comes from, checked cheaply up front, and how its img2img pipeline is loaded.
+"""Where a model comes from and which family it is, checked cheaply up front, and how its pipelines load.
 
-`resolve_model_source` only looks at files, so a bad `model.path` fails before anything
-loads. `PipelineCache` loads each model once per process; samplers are swapped per trial.
+`resolve_model_source` only looks at files (model_index.json, a safetensors header), so a bad
+`model.path` or a sampler the family cannot run fails before anything loads. `PipelineCache`
+loads each model once per process, as its family's img2img pipeline class.
 """
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import re
 import struct
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -20,6 +20,7 @@ import torch
 
 from sweeplab import console
 from sweeplab.errors import ConfigError
+from sweeplab.families import FAMILIES, SD, ModelFamily, family_named, family_of_pipeline_class
 from sweeplab.render import read_latent_rgb
 from sweeplab.schema import ModelConfig
 
@@ -39,6 +40,7 @@ console.quiet_library_notices()
 class ModelSource:
     kind: SourceKind
     location: str  # hub id, path, or the toy model's version
+    family: str = SD.name  # a key of sweeplab.families.FAMILIES, found from the files or model.family
     config: str | None = None  # diffusers config for a single-file checkpoint
     variant: str | None = None
     revision: str | None = None
@@ -51,9 +53,35 @@ class ModelSource:
         parts = [self.kind, self.location, self.variant or "", self.revision or ""]
         return ":".join(parts)
 
+    @property
+    def name(self) -> str:
+        """The checkpoint as people name it (the `model` param): the hub id, the folder or file name, or `toy`."""
+        if self.kind == "toy":
+            return "toy"
+        return self.location if self.kind == "hub" else Path(self.location).name
+
+    @property
+    def model_family(self) -> ModelFamily:
+        return FAMILIES[self.family]
+
 
 def resolve_model_source(model: ModelConfig) -> ModelSource:
-    """Decide where the weights come from, reading only file headers."""
+    """Decide where the weights come from and their family, reading only file headers."""
+    source = _weights_source(model)
+    found = _found_family(source, model)
+    if model.family is not None:
+        declared = family_named(model.family)
+        if found is not None and found is not declared:
+            raise ConfigError(f"model.family: '{model.family}' but {source.name} is a {found.title} model "
+                              f"('{found.name}'); drop model.family or set model.family={found.name}")
+        found = declared
+    if found is None:
+        raise ConfigError(f"model.family: not set, and {source.name} is not in the Hugging Face cache to read it "
+                          f"from; set model.family= one of {', '.join(FAMILIES)}")
+    return replace(source, family=found.name)
+
+
+def _weights_source(model: ModelConfig) -> ModelSource:
     if model.path:
         return _local_source(model)
     if model.builtin == "toy":
@@ -66,6 +94,29 @@ def resolve_model_source(model: ModelConfig) -> ModelSource:
         return ModelSource("hub", model.hub_id, variant=model.variant, revision=model.revision,
                            allow_pickle=model.allow_pickle, token=model.token)
     raise ConfigError("model: names no weights; set model.path=..., model.hub_id=... or choose model=toy")
+
+
+def _found_family(source: ModelSource, model: ModelConfig) -> ModelFamily | None:
+    """The family the files say: a folder's model_index.json, a single file's keys; None when nothing is on disk."""
+    if source.kind == "toy":
+        return SD
+    if source.kind == "single_file":
+        return FAMILIES["sdxl"] if single_file_is_sdxl(source.location) else SD
+    if source.kind == "folder":
+        index = Path(source.location) / "model_index.json"
+    else:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(source.location, "model_index.json", revision=source.revision)
+        if not isinstance(cached, str):
+            return None
+        index = Path(cached)
+    class_name = json.loads(index.read_text()).get("_class_name", "")
+    family = family_of_pipeline_class(class_name)
+    if family is None:
+        raise ConfigError(f"model: {source.name} is a {class_name or 'pipeline without _class_name'}; sweeplab runs "
+                          f"{', '.join(family.title for family in FAMILIES.values())} img2img pipelines")
+    return family
 
 
 def _local_source(model: ModelConfig) -> ModelSource:
@@ -210,87 +261,65 @@ def single_file_is_sdxl(path: str) -> bool:
     return any(key.startswith("conditioner.embedders.1.") for key in header)
 
 
-class StartLatentRecorder:
-    """Mixin for diffusers pipelines: keeps the latents `prepare_latents` returns (the noised
-    init images the denoiser starts from) and applies seed variations to their noise."""
-
-    recorded_start_latent: torch.Tensor | None = None  # [batch, 4, h, w]
-    noise_variations: tuple = ()  # for the next call, per batch item: a sweeplab.noise.NoiseVariation or None
-
-    def prepare_latents(self, *args, **kwargs):
-        prepared = super().prepare_latents(*args, **kwargs)
-        if isinstance(prepared, tuple):  # inpainting pipelines also return noise and image latents
-            self.recorded_start_latent = prepared[0].detach().float().cpu().clone()
-            return prepared
-        if any(self.noise_variations):
-            timestep = inspect.signature(super().prepare_latents).bind(*args, **kwargs).arguments["timestep"]
-            correction = torch.cat([
-                variation.correction(prepared[i : i + 1], self.vae.dtype) if variation is not None
-                else torch.zeros_like(prepared[i : i + 1])
-                for i, variation in enumerate(self.noise_variations)
-            ])
-            prepared = prepared + self.scheduler.add_noise(torch.zeros_like(prepared), correction, timestep)
-        self.recorded_start_latent = prepared.detach().float().cpu().clone()
-        return prepared
-
-
-_recording_classes: dict[type, type] = {}
-
-
-def recording_pipeline(pipe):
-    """The same pipeline (shared modules, no copy) as a subclass that records its start latent."""
-    cls = type(pipe)
-    if issubclass(cls, StartLatentRecorder):
-        return pipe
-    if cls not in _recording_classes:
-        _recording_classes[cls] = type(f"Recording{cls.__name__}", (StartLatentRecorder, cls), {})
-    return _recording_classes[cls].from_pipe(pipe)
+PIPELINE_KINDS = ("img2img", "inpaint", "text2img")
 
 
 @dataclass
 class LoadedModel:
-    """A pipeline plus what trials need beside it, kept for the life of a process."""
+    """A model's img2img pipeline plus what trials need beside it, kept for the life of a process.
 
-    pipe: StartLatentRecorder  # an img2img pipeline that keeps its start latent
-    scheduler_config: dict  # the model's own scheduler config, the base of every sampler swap
-    latent_rgb: tuple | None  # a fitted latent->RGB map shipped with the model, if any
-    _inpaint_pipe: StartLatentRecorder | None = field(default=None, repr=False)
+    Trials never change these objects: each runs on its own pipeline object over the same modules
+    (`for_trial`), with its own scheduler.
+    """
 
-    def pipeline(self, inpaint: bool) -> StartLatentRecorder:
-        """The img2img pipeline, or the inpainting one over the same modules.
+    pipe: object  # the family's img2img pipeline, as loaded
+    family: ModelFamily
+    scheduler_config: dict  # the model's own scheduler config, the base of every sampler
+    latent_rgb: tuple | None  # a fitted latent->RGB map shipped with the model (the toy's); else the family's
+    _pipelines: dict = field(default_factory=dict, repr=False)  # pipeline kind -> pipeline over the same modules
 
-        diffusers' inpaint pipeline blends latents outside the mask for a 4-channel UNet
-        and feeds mask and masked image to a 9-channel inpainting UNet.
+    def pipeline(self, kind: str):
+        """The img2img pipeline, or the family's inpainting or text-to-image pipeline over the same modules.
+
+        diffusers' inpaint pipelines blend latents outside the mask for a 4-channel UNet
+        and feed mask and masked image to a 9-channel inpainting UNet.
         """
-        if not inpaint:
+        if kind == "img2img":
             return self.pipe
-        if self._inpaint_pipe is None:
-            from diffusers import StableDiffusionInpaintPipeline, StableDiffusionXLInpaintPipeline
+        if kind not in self._pipelines:
+            import diffusers
 
-            xl = "XL" in type(self.pipe).__name__
-            cls = StableDiffusionXLInpaintPipeline if xl else StableDiffusionInpaintPipeline
-            self._inpaint_pipe = recording_pipeline(cls.from_pipe(self.pipe))
-        return self._inpaint_pipe
+            class_name = getattr(self.family, kind)
+            if class_name is None:
+                raise ConfigError(f"init_image: {self.family.title} models have no {kind} pipeline in sweeplab")
+            self._pipelines[kind] = getattr(diffusers, class_name).from_pipe(self.pipe)
+        return self._pipelines[kind]
+
+    def for_trial(self, kind: str, scheduler):
+        """A pipeline object of its own for one call, sharing every module, with the trial's scheduler."""
+        base = self.pipeline(kind)
+        return type(base).from_pipe(base, scheduler=scheduler)
+
+    @property
+    def denoiser(self):
+        return getattr(self.pipe, self.family.denoiser)
 
 
 def load_img2img_pipeline(source: ModelSource, device: str, dtype, compile: bool = False) -> LoadedModel:
-    """Load the right img2img pipeline class (SD 1.x/2.x or SDXL) through diffusers."""
-    from diffusers import (
-        AutoPipelineForImage2Image,
-        StableDiffusionImg2ImgPipeline,
-        StableDiffusionXLImg2ImgPipeline,
-    )
+    """Load the family's img2img pipeline class through diffusers (a folder, a hub id or a single file)."""
+    import diffusers
 
+    family = source.model_family
+    cls = getattr(diffusers, family.img2img)  # diffusers imports only this pipeline's module
     location = source.location
     if source.kind == "toy":
         from sweeplab.toy import toy_model_dir
 
         location = str(toy_model_dir())
     if source.kind == "single_file":
-        cls = StableDiffusionXLImg2ImgPipeline if single_file_is_sdxl(source.location) else StableDiffusionImg2ImgPipeline
         pipe = cls.from_single_file(source.location, config=source.config, dtype=dtype)
     else:
-        pipe = AutoPipelineForImage2Image.from_pretrained(
+        pipe = cls.from_pretrained(
             location, dtype=dtype, variant=source.variant, revision=source.revision, token=source.token,
             use_safetensors=None if source.allow_pickle else True,  # None: safetensors first, then pickle
         )
@@ -298,11 +327,12 @@ def load_img2img_pipeline(source: ModelSource, device: str, dtype, compile: bool
     if device != "cpu":
         pipe = pipe.to(device)
     if compile:
-        # diffusers' recipe (optimization/torch2.0): channels-last weights, the UNet through torch.compile.
+        # diffusers' recipe (optimization/torch2.0): channels-last weights, the denoiser through torch.compile.
         # A new input shape recompiles, so the engine runs the trials of one size together.
-        pipe.unet.to(memory_format=torch.channels_last)
-        pipe.unet = torch.compile(pipe.unet)
-    return LoadedModel(recording_pipeline(pipe), dict(pipe.scheduler.config), latent_rgb)
+        denoiser = getattr(pipe, family.denoiser)
+        denoiser.to(memory_format=torch.channels_last)
+        setattr(pipe, family.denoiser, torch.compile(denoiser))
+    return LoadedModel(pipe, family, dict(pipe.scheduler.config), latent_rgb)
 
 
 class PipelineCache:

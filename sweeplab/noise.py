@@ -1,8 +1,9 @@
 """Seed variations (InvokeAI -v / -V): the trial's noise slerped towards other seeds' noise.
 
-diffusers' img2img draws two tensors from the trial's generator: the VAE posterior sample,
-then the noise it adds to the init latents. `img2img_noise` reproduces that second draw, so a
-variation can be applied as a correction of the noise the pipeline already added.
+Every diffusers img2img pipeline draws two tensors from the trial's generator: the VAE posterior
+sample, then the noise it adds to the init latents. The trial's scheduler sees that noise;
+`img2img_noise` reproduces the second draw for the other seeds a variation moves towards, so a
+variation is applied as a correction of the noise the pipeline already added.
 """
 
 from __future__ import annotations
@@ -33,21 +34,19 @@ def img2img_noise(seed: int, like: torch.Tensor, vae_dtype: torch.dtype) -> torc
 
 @dataclass(frozen=True)
 class NoiseVariation:
-    seed: int
     with_variations: tuple[tuple[int, float], ...] = ()
     variation_amount: float = 0.0
     variation_seed: int | None = None
 
-    def varied(self, like: torch.Tensor, vae_dtype: torch.dtype) -> torch.Tensor:
-        """with_variations applied in order, then variation_amount towards variation_seed."""
-        noise = img2img_noise(self.seed, like, vae_dtype)
+    def varied(self, noise: torch.Tensor, vae_dtype: torch.dtype) -> torch.Tensor:
+        """The trial's own noise with with_variations applied in order, then variation_amount towards variation_seed."""
         steps = list(self.with_variations)
         if self.variation_amount > 0:
             steps.append((self.variation_seed, self.variation_amount))
         for seed, weight in steps:
-            noise = slerp(weight, noise, img2img_noise(seed, like, vae_dtype))
+            noise = slerp(weight, noise, img2img_noise(seed, noise, vae_dtype))
         return noise
 
-    def correction(self, like: torch.Tensor, vae_dtype: torch.dtype) -> torch.Tensor:
-        """Varied minus original noise: what to add, scaled by the scheduler, to the start latent."""
-        return self.varied(like, vae_dtype) - img2img_noise(self.seed, like, vae_dtype)
+    def correction(self, noise: torch.Tensor, vae_dtype: torch.dtype) -> torch.Tensor:
+        """Varied minus drawn noise: what to add, noised by the scheduler, to the start latent."""
+        return self.varied(noise, vae_dtype) - noise

@@ -1,12 +1,14 @@
 """Run one img2img trial with diffusers and record what really happened.
 
 Everything is observed, never derived from a formula: the start latent is the one the
-pipeline's `prepare_latents` returned, UNet evaluations are counted by a forward hook,
-and denoising steps are the callbacks after which the scheduler stood between steps.
+trial's scheduler saw first, denoiser evaluations are counted by a forward pre-hook, and the
+denoising steps are the callbacks the pipeline itself counts as steps (its progress bar's rule).
+Nothing shared is changed: each call runs on a pipeline object of its own with its own scheduler.
 """
 
 from __future__ import annotations
 
+import inspect
 import time
 from dataclasses import dataclass, field
 
@@ -17,6 +19,7 @@ from sweeplab.models import LoadedModel
 from sweeplab.noise import NoiseVariation
 from sweeplab.render import LatentRenderer
 from sweeplab.trial import Trial
+from sweeplab.trialscheduler import TrialScheduler
 
 
 @dataclass
@@ -26,11 +29,11 @@ class TrialResult:
     output: Image.Image
     init_image: Image.Image
     mask: Image.Image | None  # white = redrawn (inpainting); None for plain img2img
-    start_latent: torch.Tensor  # [4, h, w]: the noised init image the denoiser starts from
-    step_latents: torch.Tensor  # [steps_taken, 4, h, w]: the latent after each denoising step
+    start_latent: torch.Tensor  # [channels, h, w]: the noised init image the denoiser starts from
+    step_latents: torch.Tensor  # [steps_taken, channels, h, w]: the latent after each denoising step
     step_timesteps: list[float]  # the timestep each recorded step started from
     steps_taken: int
-    unet_evals: int
+    denoiser_evals: int  # forward calls of the UNet or transformer
     seconds: float  # wall time of the pipeline call, shared equally by the trials of a batch
     warnings: list[str]  # things the user should know, e.g. a truncated prompt
     batch_size: int  # how many trials shared the pipeline call
@@ -40,47 +43,38 @@ class TrialResult:
 
 
 class _StepRecorder:
-    """A `callback_on_step_end` that keeps each batch of latents and whether it completed a step."""
+    """A `callback_on_step_end` that keeps the latents and timestep of every denoising loop iteration."""
 
     def __init__(self):
-        self.latents: list[torch.Tensor] = []  # [batch, 4, h, w] per callback
+        self.latents: list[torch.Tensor] = []  # [batch, ...] per iteration, as the pipeline holds them
         self.timesteps: list[float] = []
-        self.completes_step: list[bool] = []
 
     def __call__(self, pipe, step_index: int, timestep, callback_kwargs: dict) -> dict:
         self.latents.append(callback_kwargs["latents"].detach().float().cpu().clone())
         self.timesteps.append(float(timestep))
-        self.completes_step.append(_scheduler_between_steps(pipe.scheduler))
         return {}
 
-    def completed(self) -> tuple[torch.Tensor, list[float]]:
-        """Latents that ended a denoising step, [steps, batch, 4, h, w]; the last callback always ends the run."""
-        marks = list(self.completes_step)
-        if marks:
-            marks[-1] = True
-        kept = [index for index, mark in enumerate(marks) if mark]
+    def completed(self, scheduler, nominal_steps: int) -> tuple[torch.Tensor, list[float]]:
+        """The iterations that ended a denoising step, [steps, batch, ...], by the pipelines' own rule.
+
+        diffusers' loops advance their progress bar at iteration i when it is the last one or when
+        `i + 1 > warmup and (i + 1) % scheduler.order == 0`, with warmup = len(timesteps) - steps * order
+        (the same for the truncated img2img schedule as for the full one). Second-order samplers (Heun,
+        DPM2) spend two iterations per step; PLMS spends one warm-up iteration that the next one redoes.
+        """
+        order = scheduler.order
+        warmup = max(len(scheduler.timesteps) - nominal_steps * order, 0)
+        last = len(self.latents) - 1
+        kept = [i for i in range(len(self.latents)) if i == last or (i + 1 > warmup and (i + 1) % order == 0)]
         return torch.stack([self.latents[i] for i in kept]), [self.timesteps[i] for i in kept]
 
 
-def _scheduler_between_steps(scheduler) -> bool:
-    """Ask the scheduler whether its last `step()` finished a denoising step.
+class _EvalCounter:
+    """Counts the denoiser's forward calls with a PyTorch forward pre-hook."""
 
-    Second-order samplers (Heun, DPM2) keep a half-finished step until their correction;
-    PLMS spends its first step on a provisional update that the second evaluation redoes.
-    """
-    if hasattr(scheduler, "state_in_first_order"):
-        return bool(scheduler.state_in_first_order)
-    if type(scheduler).__name__ == "PNDMScheduler" and scheduler.config.skip_prk_steps:
-        return scheduler.counter != 1
-    return True
-
-
-class _UnetEvalCounter:
-    """Counts UNet forward calls with a PyTorch forward pre-hook."""
-
-    def __init__(self, unet):
+    def __init__(self, denoiser):
         self.count = 0
-        self._handle = unet.register_forward_pre_hook(self._count)
+        self._handle = denoiser.register_forward_pre_hook(self._count)
 
     def _count(self, module, args):
         self.count += 1
@@ -89,7 +83,7 @@ class _UnetEvalCounter:
         self._handle.remove()
 
 
-def swap_scheduler(loaded: LoadedModel, scheduler: str, options: dict):
+def new_scheduler(loaded: LoadedModel, scheduler: str, options: dict):
     """A fresh scheduler of the trial's class, built from the model's own scheduler config."""
     from sweeplab.samplers import scheduler_class
 
@@ -121,20 +115,22 @@ def run_batch(trials: list[Trial], loaded: LoadedModel, progress_desc: str | Non
     kernels see a larger batch, which may change low bits of the output (see the README).
     """
     first = trials[0].spec
-    pipe = loaded.pipeline(inpaint=first.inpaint)
-    pipe.scheduler = swap_scheduler(loaded, first.scheduler, first.scheduler_options)
-    pipe.noise_variations = tuple(
-        NoiseVariation(t.spec.seed, t.spec.with_variations, t.spec.variation_amount, t.spec.variation_seed)
-        if t.spec.varies_noise else None
-        for t in trials
+    family = loaded.family
+    scheduler = TrialScheduler(
+        new_scheduler(loaded, first.scheduler, first.scheduler_options),
+        tuple(NoiseVariation(t.spec.with_variations, t.spec.variation_amount, t.spec.variation_seed)
+              if t.spec.varies_noise else None for t in trials),
+        vae_dtype=loaded.pipe.vae.dtype,
     )
+    pipe = loaded.for_trial("inpaint" if first.inpaint else "img2img", scheduler)
     pipe.set_progress_bar_config(desc=progress_desc, leave=False)
+    call_args = inspect.signature(type(pipe).__call__).parameters
     negative_prompts = [t.spec.negative_prompt for t in trials]
-    inpaint_args = (
-        {"mask_image": trials[0].init.mask, "width": first.width, "height": first.height} if first.inpaint else {}
-    )
+    extra = {"mask_image": trials[0].init.mask} if first.inpaint else {}
+    if "height" in call_args:  # pipelines that resize the init image to their own default size unless told
+        extra.update(width=first.width, height=first.height)
     steps = _StepRecorder()
-    unet_evals = _UnetEvalCounter(pipe.unet)
+    evals = _EvalCounter(loaded.denoiser)
     started = time.perf_counter()
     try:
         outputs = pipe(
@@ -148,19 +144,26 @@ def run_batch(trials: list[Trial], loaded: LoadedModel, progress_desc: str | Non
             output_type="pil",
             callback_on_step_end=steps,
             callback_on_step_end_tensor_inputs=["latents"],
-            **inpaint_args,
+            **extra,
         ).images
     finally:
-        unet_evals.remove()
-        pipe.noise_variations = ()
+        evals.remove()
     seconds = (time.perf_counter() - started) / len(trials)
 
-    step_latents, step_timesteps = steps.completed()
-    renderer = LatentRenderer(trials[0].preview.method, pipe, loaded.latent_rgb)
+    step_latents, step_timesteps = steps.completed(scheduler, first.steps)
+    start_latents = scheduler.start_latent
+    if family.packed_latents:  # FLUX's latents are 2x2 patch tokens; recorded as [channels, h, w] like the others
+        def unpack(latents: torch.Tensor) -> torch.Tensor:
+            return type(pipe)._unpack_latents(latents, first.height, first.width, pipe.vae_scale_factor)
+
+        step_latents = torch.stack([unpack(latents) for latents in step_latents])
+        start_latents = unpack(start_latents)
+    renderer = LatentRenderer(trials[0].preview.method, pipe.vae, loaded.latent_rgb or family.latent_rgb)
+    tokenizer = getattr(pipe, family.prompt_tokenizer)
     results = []
     for index, (trial, output) in enumerate(zip(trials, outputs)):
         latents = step_latents[:, index]
-        start_latent = pipe.recorded_start_latent[index]
+        start_latent = start_latents[index]
         results.append(TrialResult(
             output=output,
             init_image=trial.init.rgb,
@@ -169,10 +172,10 @@ def run_batch(trials: list[Trial], loaded: LoadedModel, progress_desc: str | Non
             step_latents=latents,
             step_timesteps=step_timesteps,
             steps_taken=len(latents),
-            unet_evals=unet_evals.count,
+            denoiser_evals=evals.count,
             seconds=seconds,
             warnings=[*trial.warnings, *truncation_warnings(
-                pipe.tokenizer, prompt=trial.spec.prompt, negative_prompt=trial.spec.negative_prompt)],
+                tokenizer, prompt=trial.spec.prompt, negative_prompt=trial.spec.negative_prompt)],
             batch_size=len(trials),
             start_image=renderer.render(start_latent),
             step_images=[renderer.render(latent) for latent in latents],

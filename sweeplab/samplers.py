@@ -30,3 +30,17 @@ def scheduler_class(name: str) -> type[SchedulerMixin] | None:
     """The scheduler class called `name`, sweeplab's or diffusers'; None if there is none."""
     cls = OWN_SCHEDULERS.get(name) or getattr(diffusers, name, None)
     return cls if inspect.isclass(cls) and issubclass(cls, SchedulerMixin) else None
+
+
+def sampler_names(family) -> list[str]:
+    """The shipped `sampler=` options whose scheduler a sweeplab.families.ModelFamily accepts, for messages."""
+    from omegaconf import OmegaConf
+
+    from sweeplab.configsearch import CONF_DIR
+
+    names = []
+    for path in sorted((CONF_DIR / "sampler").glob("*.yaml")):
+        cls = scheduler_class(str(OmegaConf.load(path).get("scheduler", "")))
+        if cls is not None and family.accepts(cls):
+            names.append(path.stem)
+    return names

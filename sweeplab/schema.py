@@ -35,6 +35,7 @@ class ModelConfig:
     revision: Optional[str] = None
     token: Optional[str] = None  # Hugging Face token for gated hub models; redacted before logging
     allow_pickle: bool = False  # load pickle weights (.ckpt .bin .pt .pth), which can run code
+    family: Optional[str] = None  # sd, sdxl, sd3, flux: checked against the files; needed for an uncached hub id
 
 
 @dataclass

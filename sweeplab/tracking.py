@@ -255,7 +255,7 @@ class MlflowTracker:
         from safetensors.torch import save_file
 
         now = int(time.time() * 1000)
-        metrics = {"steps_taken": result.steps_taken, "unet_evals": result.unet_evals, "seconds": result.seconds}
+        metrics = {"steps_taken": result.steps_taken, "denoiser_evals": result.denoiser_evals, "seconds": result.seconds}
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)
             result.init_image.save(folder / "init.png")

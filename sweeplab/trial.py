@@ -23,6 +23,7 @@ from sweeplab.images import (
     load_init_image,
     resize_init_image,
 )
+from sweeplab.families import ModelFamily
 from sweeplab.models import ModelSource, resolve_model_source, vae_channels
 from sweeplab.schema import PreviewConfig, SweeplabConfig, validate_config
 
@@ -33,10 +34,11 @@ PREVIEW_METHODS = ("linear", "vae")
 MAX_SEED = 2**63 - 1
 MANY_STEPS = 500  # more nominal steps than this get a warning (UIs stop at 150; schedules have 1000 timesteps)
 LIVE_ACTIVATIONS = 3  # a VAE block's input, output and residual are alive together at full resolution
-PARAM_KEYS = ("model", "sampler", "strength", "steps", "seed", "cfg_scale", "width", "height", "prompt",
+PARAM_KEYS = ("model", "model_family", "sampler", "strength", "steps", "seed", "cfg_scale", "width", "height", "prompt",
               "negative_prompt", "init_image", "fit", "iteration", "variation_amount", "variation_seed",
               "steps_taken_target")
 RUN_ONLY = {"run_only": True}  # a TrialSpec field that says how this run executes, not which trial it is
+DERIVED = {"derived": True}  # a TrialSpec field that follows from others in the identity (not hashed twice)
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,7 @@ class TrialSpec:
     option never renames the trials that do not use it.
     """
 
-    model: str
+    model: str  # the checkpoint as people name it: hub id, folder or file name, or toy
     model_source: ModelSource
     sampler: str
     scheduler: str
@@ -75,13 +77,14 @@ class TrialSpec:
     with_variations: tuple[tuple[int, float], ...] = ()
     steps_taken_target: int | None = None
     iteration: int = 0
+    model_family: str = field(default="sd", metadata=DERIVED)  # sweeplab.families key, read from the model's files
 
     @property
     def config_hash(self) -> str:
         identity = {
             spec.name: getattr(self, spec.name)
             for spec in fields(self)
-            if not spec.metadata.get("run_only")
+            if not spec.metadata.get("run_only") and not spec.metadata.get("derived")
             and (spec.default is MISSING or getattr(self, spec.name) != spec.default)
         }
         identity["model_source"] = self.model_source.identity
@@ -127,8 +130,10 @@ def prepare_trial(cfg: DictConfig) -> Trial:
     variations = _parse_variations(conf.with_variations)
     scheduler_options = _check_sampler(conf)
     model_source = resolve_model_source(conf.model)
+    family = model_source.model_family
+    _check_family(conf, family)
     image = load_init_image(conf.init_image)
-    width, height = _trial_size(conf, image.rgb.width, image.rgb.height)
+    width, height = _trial_size(conf, image.rgb.width, image.rgb.height, family.size_multiple)
     device = resolve_device(conf.device)
     dtype = resolve_dtype(conf.dtype, device)
     _check_memory(model_source, width, height, device, dtype)
@@ -142,8 +147,9 @@ def prepare_trial(cfg: DictConfig) -> Trial:
     if image.mask is not None and (variations or conf.variation_amount > 0):
         raise ConfigError("variation_amount/with_variations: not supported with a transparent (inpainting) init image")
     spec = TrialSpec(
-        model=conf.model.name,
+        model=model_source.name,
         model_source=model_source,
+        model_family=family.name,
         sampler=conf.sampler.name,
         scheduler=conf.sampler.scheduler,
         scheduler_options=scheduler_options,
@@ -228,12 +234,13 @@ def _variation_seed(conf: SweeplabConfig) -> int | None:
     return conf.seed + 1 if conf.variation_seed is None else conf.variation_seed
 
 
-def _trial_size(conf: SweeplabConfig, image_width: int, image_height: int) -> tuple[int, int]:
-    """width x height; with fit=true the image's aspect ratio inside that box (InvokeAI --fit)."""
-    width = _check_size("width", conf.width, image_width)
-    height = _check_size("height", conf.height, image_height)
+def _trial_size(conf: SweeplabConfig, image_width: int, image_height: int, multiple: int) -> tuple[int, int]:
+    """width x height in multiples of the family's; with fit=true the image's aspect ratio inside that box
+    (InvokeAI --fit)."""
+    width = _check_size("width", conf.width, image_width, multiple)
+    height = _check_size("height", conf.height, image_height, multiple)
     if conf.fit:
-        return fit_within(image_width, image_height, width, height)
+        return fit_within(image_width, image_height, width, height, multiple)
     return width, height
 
 
@@ -301,6 +308,19 @@ def _min_steps_for_one(strength: float) -> int:
     return steps
 
 
+def _check_family(conf: SweeplabConfig, family: ModelFamily) -> None:
+    """What the model's family cannot do fails here, naming the family and what it allows."""
+    from sweeplab.samplers import sampler_names, scheduler_class
+
+    if not family.accepts(scheduler_class(conf.sampler.scheduler)):
+        raise ConfigError(
+            f"sampler: {conf.sampler.name} ({conf.sampler.scheduler}) cannot run {family.title} models "
+            f"(model family {family.name}); samplers for {family.name}: {', '.join(sampler_names(family)) or 'none'}")
+    if conf.negative_prompt and not family.negative_prompt:
+        raise ConfigError(f"negative_prompt: {family.title} models take no negative prompt (their guidance is "
+                          "distilled into the model); leave negative_prompt empty")
+
+
 def _check_sampler(conf: SweeplabConfig) -> dict:
     """The scheduler class must exist (sweeplab's or diffusers') and accept every option given."""
     from sweeplab.samplers import scheduler_class
@@ -319,14 +339,15 @@ def _check_sampler(conf: SweeplabConfig) -> dict:
     return dict(conf.sampler.options)
 
 
-def _check_size(key: str, requested: int | None, image_side: int) -> int:
+def _check_size(key: str, requested: int | None, image_side: int, multiple: int) -> int:
     if requested is None:
-        side = image_side // 8 * 8
-        if side < 8:
-            raise ConfigError(f"init_image: {image_side} px on a side is too small; allowed 8 px or more")
+        side = image_side // multiple * multiple
+        if side < multiple:
+            raise ConfigError(f"init_image: {image_side} px on a side is too small; allowed {multiple} px or more")
         return side
-    if requested < 8 or requested % 8:
-        raise ConfigError(f"{key}: {requested} is not a positive multiple of 8; allowed e.g. {max(8, requested // 8 * 8)}")
+    if requested < multiple or requested % multiple:
+        raise ConfigError(f"{key}: {requested} is not a positive multiple of {multiple} (the model's latent grid); "
+                          f"allowed e.g. {max(multiple, requested // multiple * multiple)}")
     return requested
 
 

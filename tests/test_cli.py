@@ -45,7 +45,7 @@ def test_doc_sweep_logs_a_parent_and_one_child_per_trial(sweeplab_cli, tmp_path)
     for child in children:
         assert child.info.status == "FINISHED"
         assert TRIAL_PARAMS <= set(child.data.params)
-        assert {"steps_taken", "unet_evals", "seconds"} <= set(child.data.metrics)
+        assert {"steps_taken", "denoiser_evals", "seconds"} <= set(child.data.metrics)
         tags = child.data.tags
         for tag in ("sweeplab.config_hash", "sweeplab.version", "sweeplab.torch_version",
                     "sweeplab.diffusers_version", "sweeplab.device"):

@@ -43,7 +43,7 @@ def trial_records(folder) -> dict[str, dict]:
         records[run.data.tags["sweeplab.config_hash"]] = {
             "status": run.info.status,
             "steps_taken": run.data.metrics["steps_taken"],
-            "unet_evals": run.data.metrics["unet_evals"],
+            "denoiser_evals": run.data.metrics["denoiser_evals"],
             "batch_size": run.data.tags["sweeplab.batch_size"],
             "output_sha256": hashlib.sha256(open(output, "rb").read()).hexdigest(),
             "output": np.asarray(Image.open(output)).astype(int),
@@ -81,13 +81,13 @@ def test_batched_trials_keep_their_own_records(grid_runs):
     for config_hash, record in batched.items():
         single = alone[config_hash]
         assert record["status"] == "FINISHED" and record["batch_size"] == "3"
-        for key in ("steps_taken", "unet_evals", "steps_shape"):
+        for key in ("steps_taken", "denoiser_evals", "steps_shape"):
             assert record[key] == single[key], key
         # Each trial draws its own VAE sample and noise from its own generator: its start latent is its own.
         assert np.allclose(record["start"], single["start"], atol=2e-3)
         # The denoiser sees a batch of 3, whose kernels may round differently: outputs stay within a level.
         assert np.abs(record["output"] - single["output"]).max() <= 2
-    assert {r["steps_taken"]: r["unet_evals"] for r in batched.values()} == {4.0: 7.0, 2.0: 3.0}
+    assert {r["steps_taken"]: r["denoiser_evals"] for r in batched.values()} == {4.0: 7.0, 2.0: 3.0}
     # Different seeds in one batch still give different pictures.
     assert len({r["output_sha256"] for r in batched.values()}) == 6
 

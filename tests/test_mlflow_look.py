@@ -107,7 +107,7 @@ def test_parent_run_holds_a_labelled_grid_and_a_trials_table(sweep, tmp_path):
     assert len(rows) == 4 and {row.split(" | ")[0].removeprefix("| ") for row in rows} == NAMES
     for run in children:  # each row holds the child's own measured counts
         row = next(row for row in rows if row.startswith(f"| {run.info.run_name} |"))
-        assert f"| FINISHED | {run.data.metrics['steps_taken']:g} | {run.data.metrics['unet_evals']:g} |" in row
+        assert f"| FINISHED | {run.data.metrics['steps_taken']:g} | {run.data.metrics['denoiser_evals']:g} |" in row
 
 
 def test_each_step_preview_is_one_image_and_one_thumbnail(sweep):

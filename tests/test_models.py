@@ -54,9 +54,9 @@ def test_sdxl_folder_loads_the_sdxl_img2img_pipeline_and_runs(compose_config, ti
                                          "strength=0.5", "sampler=k_euler", "preview.method=vae"))
     assert trial.spec.model_source.kind == "folder"
     loaded = PipelineCache().get(trial.spec.model_source, "cpu", torch.float32)
-    assert type(loaded.pipe).__name__ == "RecordingStableDiffusionXLImg2ImgPipeline"
+    assert type(loaded.pipe).__name__ == "StableDiffusionXLImg2ImgPipeline" and loaded.family.name == "sdxl"
     result = run_trial(trial, loaded)
-    assert (result.steps_taken, result.unet_evals) == (2, 2)
+    assert (result.steps_taken, result.denoiser_evals) == (2, 2)
     assert result.start_latent.shape == (4, 32, 32)  # this tiny VAE downsamples 2x
     assert result.output.size == (64, 64)
 

@@ -82,7 +82,7 @@ def test_inpainting_with_a_nine_channel_unet(compose_config, toy_model, holed_im
     trial = prepare_trial(compose_config(*SMALL, f"init_image={holed_image}", f"model.path={folder}", "strength=1.0"))
     loaded = PipelineCache().get(trial.spec.model_source, "cpu", torch.float32)
     result = run_trial(trial, loaded)
-    assert loaded.pipeline(inpaint=True).unet.config.in_channels == 9
+    assert loaded.pipeline("inpaint").unet.config.in_channels == 9
     assert result.steps_taken == 10 and result.output.size == (256, 256)
 
 

@@ -47,7 +47,7 @@ def test_loader_gives_one_row_per_trial_with_params_metrics_tags_and_artifacts(s
     assert frame["seed"].tolist() == [1, 2, 3] * 2
     assert (frame["sampler"] == "k_lms").all()  # a failed trial shares what its sweep did not vary
     done = frame[frame["status"] == "FINISHED"]
-    assert (done["steps_taken"] == 1).all() and (done["unet_evals"] == 1).all()  # int(2 x 0.5) = 1
+    assert (done["steps_taken"] == 1).all() and (done["denoiser_evals"] == 1).all()  # int(2 x 0.5) = 1
     assert done["config_hash"].str.len().eq(16).all()
     assert done["artifact_uri"].str.endswith("/artifacts").all()
     failed = frame[frame["status"] == "FAILED"]
@@ -209,13 +209,13 @@ def test_steps_vs_strength_names_samplers_whose_unet_evaluations_differ(tmp_path
     assert done.returncode == 0, done.stderr
     table = pd.read_csv(tmp_path / "out" / "steps-vs-strength.csv").set_index("sampler")
     assert (table["steps_taken"] == 2).all()  # int(4 x 0.5) for every sampler
-    assert table.loc["k_lms", "unet_evals"] == 2
-    assert table.loc["k_heun", "unet_evals"] == 3 and table.loc["plms", "unet_evals"] == 3
+    assert table.loc["k_lms", "denoiser_evals"] == 2
+    assert table.loc["k_heun", "denoiser_evals"] == 3 and table.loc["plms", "denoiser_evals"] == 3
     text = (tmp_path / "out" / "steps-vs-strength.md").read_text()
-    assert "k_lms: one UNet evaluation per step taken, in 1 trial." in text
+    assert "k_lms: one denoiser evaluation per step taken, in 1 trial." in text
     for sampler in ("k_heun", "plms"):
-        assert (f"{sampler}: UNet evaluations differ from steps taken (4 steps at strength 0.5: 2 steps taken, "
-                f"3 UNet evaluations)") in text
+        assert (f"{sampler}: denoiser evaluations differ from steps taken (4 steps at strength 0.5: 2 steps taken, "
+                f"3 denoiser evaluations)") in text
     assert text.count("## sampler ") == 3  # one table per sampler
 
 

@@ -42,7 +42,7 @@ def test_steps_vs_strength_table_holds_the_measured_numbers(doc_store, tmp_path)
     done = report_cli("steps-vs-strength", "--experiment", EXPERIMENT, "--out", str(tmp_path), cwd=cwd)
     assert done.returncode == 0, done.stderr
     table = pd.read_csv(tmp_path / "steps-vs-strength.csv")
-    measured = {(row.strength, row.steps): (row.steps_taken, row.unet_evals) for row in table.itertuples()}
+    measured = {(row.strength, row.steps): (row.steps_taken, row.denoiser_evals) for row in table.itertuples()}
     assert measured[(0.4, 10)] == (4, 4) and measured[(0.7, 10)] == (7, 7)
     assert measured[(0.7, 29)] == (20, 20) and measured[(0.7, 30)] == (21, 21) and measured[(0.4, 50)] == (20, 20)
     assert len(measured) == 8
@@ -51,9 +51,9 @@ def test_steps_vs_strength_table_holds_the_measured_numbers(doc_store, tmp_path)
     header = next(line for line in (tmp_path / "steps-vs-strength.md").read_text().splitlines()
                   if line.startswith("| strength \\"))
     column = header.split(" | ").index("10 steps")
-    assert rows["| strength 0.4"][column].startswith("4 steps taken<br>4 UNet evaluations<br><img ")
-    assert rows["| strength 0.7"][column].startswith("7 steps taken<br>7 UNet evaluations<br><img ")
-    assert "k_lms: one UNet evaluation per step taken, in 8 trials." in (tmp_path / "steps-vs-strength.md").read_text()
+    assert rows["| strength 0.4"][column].startswith("4 steps taken<br>4 denoiser evaluations<br><img ")
+    assert rows["| strength 0.7"][column].startswith("7 steps taken<br>7 denoiser evaluations<br><img ")
+    assert "k_lms: one denoiser evaluation per step taken, in 8 trials." in (tmp_path / "steps-vs-strength.md").read_text()
 
 
 def test_doc_figures_explain_where_diffusers_differs_from_the_doc(doc_store):

@@ -88,7 +88,7 @@ def test_grid_page_switches_axes_steps_keys_and_toggles_cells_in_chromium(page, 
         assert headers() == ["strength \\ seed", "seed: 1", "seed: 2"]
         assert browser.locator("#grid tbody th").all_inner_texts() == ["strength: 0.5", "strength: 1.5"]
         assert sources() == ["strength0.5_steps2_seed1-output.png", "strength0.5_steps2_seed2-output.png"]
-        assert browser.locator(".numbers").all_inner_texts() == ["1 step taken, 1 UNet evaluation"] * 2
+        assert browser.locator(".numbers").all_inner_texts() == ["1 step taken, 1 denoiser evaluation"] * 2
         failed = browser.locator("#grid .failed")
         assert failed.count() == 2 and "strength: 1.5 is out of range" in failed.first.inner_text()
         assert "linear-gradient" in failed.first.evaluate("cell => getComputedStyle(cell).backgroundImage")  # the X
@@ -98,8 +98,8 @@ def test_grid_page_switches_axes_steps_keys_and_toggles_cells_in_chromium(page, 
         browser.select_option("#axis-x", "steps")  # seed leaves X and becomes a stepper
         assert headers() == ["strength \\ steps", "steps: 2", "steps: 4"]
         assert sources() == ["strength0.5_steps2_seed1-output.png", "strength0.5_steps4_seed1-output.png"]
-        assert browser.locator(".numbers").all_inner_texts() == ["1 step taken, 1 UNet evaluation",
-                                                                  "2 steps taken, 2 UNet evaluations"]
+        assert browser.locator(".numbers").all_inner_texts() == ["1 step taken, 1 denoiser evaluation",
+                                                                  "2 steps taken, 2 denoiser evaluations"]
         browser.click('button[data-step="seed"][data-delta="1"]')
         assert sources() == ["strength0.5_steps2_seed2-output.png", "strength0.5_steps4_seed2-output.png"]
         assert browser.locator('button[data-step="seed"][data-delta="1"]').is_disabled()  # seed 2 is the last

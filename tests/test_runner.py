@@ -1,4 +1,4 @@
-"""A trial runs and is measured without MLflow: steps, UNet evaluations, latents, determinism."""
+"""A trial runs and is measured without MLflow: steps, denoiser evaluations, latents, determinism."""
 
 from __future__ import annotations
 
@@ -8,8 +8,11 @@ import pytest
 import torch
 
 from sweeplab.runner import run_trial
+from sweeplab.samplers import scheduler_class
 from sweeplab.trial import prepare_trial
 
+SCHEDULERS = {"k_heun": "HeunDiscreteScheduler", "k_dpm_2": "KDPM2DiscreteScheduler", "plms": "PNDMScheduler",
+              "k_euler": "EulerDiscreteScheduler"}
 DOC_TRIAL = ("steps=10", "width=384", "height=384", "seed=1592514025", "prompt=fire", "sampler=k_lms")
 
 
@@ -32,7 +35,7 @@ def run(compose_config, toy_model):
 def test_doc_trial_takes_the_doc_step_counts(run, strength, expected_steps):
     result, _ = run(f"strength={strength}")
     assert result.steps_taken == expected_steps
-    assert result.unet_evals == expected_steps  # LMS: one evaluation per step
+    assert result.denoiser_evals == expected_steps  # LMS: one evaluation per step
     assert result.step_latents.shape == (expected_steps, 4, 48, 48)
     assert result.start_latent.shape == (4, 48, 48)
     assert result.output.size == (384, 384)
@@ -46,19 +49,22 @@ def test_doc_trial_takes_the_doc_step_counts(run, strength, expected_steps):
 )
 def test_counts_match_what_diffusers_did(run, sampler, steps, strength):
     result, pipe = run(f"sampler={sampler}", f"steps={steps}", f"strength={strength}")
-    # The pipeline's own loop length is the number of UNet calls it made (CFG is batched).
-    assert result.unet_evals == pipe._num_timesteps
+    # diffusers' img2img loop runs over timesteps[t_start * order:], one UNet call each (CFG is batched).
+    scheduler = scheduler_class(SCHEDULERS[sampler]).from_config(pipe.scheduler.config)
+    scheduler.set_timesteps(steps)
+    t_start = steps - int(steps * strength)
+    assert result.denoiser_evals == len(scheduler.timesteps[t_start * scheduler.order :])
     # diffusers' get_timesteps: int(steps * strength) denoising steps from the image.
     assert result.steps_taken == int(steps * strength)
     if sampler in ("k_heun", "k_dpm_2", "plms"):
-        assert result.unet_evals != result.steps_taken
+        assert result.denoiser_evals != result.steps_taken
 
 
 def test_heun_and_plms_figures_from_the_reference_table(run):
     heun, _ = run("sampler=k_heun", "strength=0.7")
     plms, _ = run("sampler=plms", "strength=0.7")
-    assert (heun.steps_taken, heun.unet_evals) == (7, 13)
-    assert (plms.steps_taken, plms.unet_evals) == (7, 8)
+    assert (heun.steps_taken, heun.denoiser_evals) == (7, 13)
+    assert (plms.steps_taken, plms.denoiser_evals) == (7, 8)
 
 
 def test_start_latent_is_noisier_at_higher_strength(run, toy_model):

@@ -26,8 +26,8 @@ PROG = "sweeplab-report"
 
 # Commands that take only the run selection: (name, one-line help, description).
 SELECTION_ONLY_COMMANDS = (
-    ("steps-vs-strength", "rows strengths, columns steps: steps taken, UNet evaluations, output",
-     "Rows strengths, columns requested steps; each cell: steps actually taken, UNet evaluations, output thumbnail."),
+    ("steps-vs-strength", "rows strengths, columns steps: steps taken, denoiser evaluations, output",
+     "Rows strengths, columns requested steps; each cell: steps actually taken, denoiser evaluations, output thumbnail."),
     ("strips", "start image, latent strip and output per trial, as in the doc",
      "Each trial's start image (the initial image SD sees), steps, latent strip and output, laid out as in the "
      "InvokeAI img2img doc's table."),

@@ -69,7 +69,7 @@ def doc_figures(frame: pd.DataFrame, artifacts: Artifacts, experiment: str, thum
     for sentence in _explain(cells):
         report.text(sentence)
     report.text(OLDER_CODE)
-    report.heading("UNet evaluations")
+    report.heading("Denoiser evaluations")
     for note in step_notes(frame):
         report.text(note)
     report.data = pd.DataFrame([_csv_row(doc, _trial(cells, doc)) for doc in DOC_TRIALS])
@@ -112,7 +112,7 @@ def _csv_row(doc: DocTrial, row) -> dict:
         "doc_steps": doc.doc_steps,
         "int_steps_x_strength": int(doc.steps * doc.strength),
         "steps_taken": row["steps_taken"],
-        "unet_evals": row["unet_evals"],
+        "denoiser_evals": row["denoiser_evals"],
         "status": row["status"],
         "trial": label(row, KEYS),
         "config_hash": row["config_hash"],

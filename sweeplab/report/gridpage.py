@@ -79,7 +79,7 @@ def _trial(report: Report, artifacts: Artifacts, row, keys: list[str], values: d
         full = artifacts.image(row["run_id"], IMAGES[name])
         small = _strip_thumbnail(full, thumb) if name == "latent_strip" else fitted(full, thumb)
         images[name] = report.add_image(f"{slug(row, keys)}-{name}", small, f"{SHOWN[name]}: {trial['label']}").src
-    return {**trial, "steps_taken": int(row["steps_taken"]), "unet_evals": int(row["unet_evals"]), "images": images}
+    return {**trial, "steps_taken": int(row["steps_taken"]), "denoiser_evals": int(row["denoiser_evals"]), "images": images}
 
 
 def _strip_height(thumb: int) -> int:
@@ -205,7 +205,7 @@ PAGE_SCRIPT = """
       return button;
     }));
     const numbers = element("div", {class: "numbers"}, `${count(trial.steps_taken, "step")} taken, `,
-                            count(trial.unet_evals, "UNet evaluation"));
+                            count(trial.denoiser_evals, "denoiser evaluation"));
     return element("div", {class: "cell", "data-place": place}, element("div", {class: "view"}, image), toggle,
                    numbers, ...extras);
   }

@@ -79,7 +79,7 @@ def fitted(image: Image.Image, width: int) -> Image.Image:
 
 def trial_table(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     """The CSV of a report: what places each trial and what it measured; never run ids or seconds."""
-    return frame[[*keys, "status", "steps_taken", "unet_evals", "error", "config_hash"]].copy()
+    return frame[[*keys, "status", "steps_taken", "denoiser_evals", "error", "config_hash"]].copy()
 
 
 def failure(row) -> str:
@@ -87,18 +87,18 @@ def failure(row) -> str:
 
 
 def step_notes(frame: pd.DataFrame) -> list[str]:
-    """Where steps taken differ from int(steps x strength), and UNet evaluations from steps, measured."""
+    """Where steps taken differ from int(steps x strength), and denoiser evaluations from steps, measured."""
     notes = []
     done = frame[frame["status"] == "FINISHED"]
     for sampler, trials in done.groupby("sampler", sort=True):
-        differing = trials[trials["unet_evals"] != trials["steps_taken"]]
+        differing = trials[trials["denoiser_evals"] != trials["steps_taken"]]
         if differing.empty:
             count = f"{len(trials)} trial" + ("s" if len(trials) != 1 else "")
-            notes.append(f"{sampler}: one UNet evaluation per step taken, in {count}.")
+            notes.append(f"{sampler}: one denoiser evaluation per step taken, in {count}.")
         else:
             cases = "; ".join(f"{row.steps} steps at strength {row.strength:g}: {row.steps_taken} steps taken, "
-                              f"{row.unet_evals} UNet evaluations" for row in differing.itertuples())
-            notes.append(f"{sampler}: UNet evaluations differ from steps taken ({cases}){_pattern(differing)}.")
+                              f"{row.denoiser_evals} denoiser evaluations" for row in differing.itertuples())
+            notes.append(f"{sampler}: denoiser evaluations differ from steps taken ({cases}){_pattern(differing)}.")
     for row in done.itertuples():
         expected = int(row.steps * row.strength)
         if row.steps_taken != expected:
@@ -109,8 +109,8 @@ def step_notes(frame: pd.DataFrame) -> list[str]:
 
 def _pattern(trials: pd.DataFrame) -> str:
     """Name the shape of the measured counts when every trial follows one, and only one."""
-    second_order = (trials["unet_evals"] == 2 * trials["steps_taken"] - 1).all()
-    one_extra = (trials["unet_evals"] == trials["steps_taken"] + 1).all()
+    second_order = (trials["denoiser_evals"] == 2 * trials["steps_taken"] - 1).all()
+    one_extra = (trials["denoiser_evals"] == trials["steps_taken"] + 1).all()
     if second_order and not one_extra:
         return ": two evaluations per step but the last, as a second-order sampler makes"
     if one_extra and not second_order:
@@ -154,7 +154,7 @@ def steps_vs_strength(frame: pd.DataFrame, artifacts: Artifacts, thumb: int = 12
 
 def add_steps_vs_strength(report: Report, frame: pd.DataFrame, artifacts: Artifacts, thumb: int) -> list[str]:
     """The tables; returns the keys that place a trial."""
-    report.text("Each cell: denoising steps actually taken, UNet evaluations and the output.")
+    report.text("Each cell: denoising steps actually taken, denoiser evaluations and the output.")
     build = Builder(frame, artifacts, report, ("output",))
     others = [key for key in varying_keys(frame) if key not in ("strength", "steps")]
     keys = [*others, "strength", "steps"]
@@ -170,7 +170,7 @@ def add_steps_vs_strength(report: Report, frame: pd.DataFrame, artifacts: Artifa
             for count in steps:
                 row = cells.get((format_value(strength), format_value(count)))
                 if row is not None and row["status"] == "FINISHED":
-                    row_cells.append([f"{row['steps_taken']} steps taken", f"{row['unet_evals']} UNet evaluations",
+                    row_cells.append([f"{row['steps_taken']} steps taken", f"{row['denoiser_evals']} denoiser evaluations",
                                       build.picture(row, "output", keys, thumb)])
                 else:
                     row_cells.append(build.image_cell(row, "output", keys))
@@ -263,7 +263,7 @@ def strip_table(build: Builder, trials: list, keys: list[str], extra: tuple[Extr
         ["steps argument", *([format_value(row["steps"])] for row in trials)],
         ["steps actually taken", *texts(lambda row: f"{row['steps_taken']}")],
         *([item.title, *texts(item.value)] for item in extra),
-        ["UNet evaluations", *texts(lambda row: f"{row['unet_evals']}")],
+        ["denoiser evaluations", *texts(lambda row: f"{row['denoiser_evals']}")],
         ["latent at each step", *(build.image_cell(row, "latent_strip", keys) for row in trials)],
         ["output", *(build.image_cell(row, "output", keys) for row in trials)],
     ]

@@ -25,7 +25,8 @@ PARAM_KEYS = ("model", "sampler", "prompt", "negative_prompt", "init_image", "st
 NUMERIC_PARAMS = {"strength": "float64", "steps": "Int64", "seed": "Int64", "cfg_scale": "float64",
                   "width": "Int64", "height": "Int64", "iteration": "Int64", "variation_amount": "float64",
                   "variation_seed": "Int64", "steps_taken_target": "Int64"}
-METRIC_KEYS = ("steps_taken", "unet_evals", "seconds")
+METRIC_KEYS = ("steps_taken", "denoiser_evals", "seconds")
+RENAMED_METRICS = {"denoiser_evals": "unet_evals"}  # new name -> the name runs logged before model families (the UNet only)
 OVERRIDES_TAG = "sweeplab.overrides"
 PARENT_TAG = "mlflow.parentRunId"
 PAGE_SIZE = 1000  # MlflowClient.search_runs' largest page
@@ -122,7 +123,7 @@ def runs_frame(runs) -> pd.DataFrame:
             "parent_run_id": tags.get(PARENT_TAG),
             "artifact_uri": run.info.artifact_uri,
             **{key: params.get(key) for key in PARAM_KEYS},
-            **{key: run.data.metrics.get(key) for key in METRIC_KEYS},
+            **{key: run.data.metrics.get(key, run.data.metrics.get(RENAMED_METRICS.get(key, key))) for key in METRIC_KEYS},
             "config_hash": tags.get(CONFIG_HASH_TAG),
             "error": tags.get(ERROR_TAG),
             "overrides": tags.get(OVERRIDES_TAG),
@@ -133,7 +134,7 @@ def runs_frame(runs) -> pd.DataFrame:
         shared = frame[key].dropna().unique()
         if len(shared) == 1:
             frame[key] = frame[key].fillna(shared[0])
-    for key, dtype in {**NUMERIC_PARAMS, "steps_taken": "Int64", "unet_evals": "Int64"}.items():
+    for key, dtype in {**NUMERIC_PARAMS, "steps_taken": "Int64", "denoiser_evals": "Int64"}.items():
         frame[key] = pd.to_numeric(frame[key], errors="coerce").astype(dtype)
     return frame
 

@@ -70,9 +70,9 @@ def _grids(frame: pd.DataFrame, client, keys: list[str]) -> tuple[list[bytes], s
 
 def trials_markdown(frame: pd.DataFrame, keys: list[str], note: str) -> str:
     """The table of trials: name, swept values, status and what each measured."""
-    header = ["run", *keys, "status", "steps_taken", "unet_evals", "seconds"]
+    header = ["run", *keys, "status", "steps_taken", "denoiser_evals", "seconds"]
     rows = [[[str(row["run_name"])], *([format_value(row[key])] for key in keys), [str(row["status"])],
-             [format_value(row["steps_taken"])], [format_value(row["unet_evals"])], [_seconds(row["seconds"])]]
+             [format_value(row["steps_taken"])], [format_value(row["denoiser_evals"])], [_seconds(row["seconds"])]]
             for _, row in frame.iterrows()]
     report = Report("trials", f"Sweep: {len(frame)} trials")
     if note:

@@ -1,0 +1,88 @@
+"""Model families through one seam: each family's checks fail in one line before any model loads, and what MLflow
+shows names the checkpoint actually used."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from sweeplab.errors import ConfigError
+from sweeplab.families import FAMILIES
+from sweeplab.samplers import sampler_names, scheduler_class
+from sweeplab.toy import toy_model_dir
+from sweeplab.trial import prepare_trial
+
+SMALL = ("width=64", "height=64", "steps=4", "strength=0.5")
+
+
+@pytest.fixture(scope="module")
+def toy_copy(tmp_path_factory):
+    """The toy model as a user's own diffusers folder under another name."""
+    folder = tmp_path_factory.mktemp("models") / "my-sd-model"
+    shutil.copytree(toy_model_dir(), folder)
+    return folder
+
+
+def test_every_family_names_classes_diffusers_has_and_samplers_it_accepts():
+    import diffusers
+
+    for family in FAMILIES.values():
+        for class_name in (family.img2img, family.inpaint, family.text2img, *family.folder_classes):
+            assert hasattr(diffusers, class_name), class_name
+        assert sampler_names(family), family.name
+        assert len(family.latent_rgb[0]) == family.latent_channels and len(family.latent_rgb[1]) == 3
+    assert "flow_euler" in sampler_names(FAMILIES["flux"]) and "flow_heun" not in sampler_names(FAMILIES["flux"])
+    assert set(sampler_names(FAMILIES["sd3"])) == {"flow_euler", "flow_heun"}
+    assert "k_lms" in sampler_names(FAMILIES["sd"]) and "flow_euler" not in sampler_names(FAMILIES["sdxl"])
+    assert FAMILIES["sd"].accepts(scheduler_class("KDiffusionLMSScheduler"))  # sweeplab's subclass of LMS
+
+
+def test_a_folder_model_is_logged_by_its_name_and_family(compose_config, toy_copy):
+    trial = prepare_trial(compose_config(f"model.path={toy_copy}", *SMALL))
+    params = trial.spec.params()
+    assert (params["model"], params["model_family"]) == ("my-sd-model", "sd")
+    toy = prepare_trial(compose_config(*SMALL))
+    assert (toy.spec.params()["model"], toy.spec.params()["model_family"]) == ("toy", "sd")
+    assert trial.spec.config_hash != toy.spec.config_hash
+
+
+def test_a_sampler_the_family_cannot_run_fails_naming_the_family_and_its_samplers(compose_config, toy_copy):
+    with pytest.raises(ConfigError) as failed:
+        prepare_trial(compose_config(f"model.path={toy_copy}", "sampler=flow_euler", *SMALL))
+    message = str(failed.value)
+    assert message.startswith("sampler: flow_euler (FlowMatchEulerDiscreteScheduler) cannot run Stable Diffusion "
+                              "1.x/2.x models (model family sd); samplers for sd: ddim, ")
+    assert "k_lms" in message and "\n" not in message
+
+
+def test_a_declared_family_must_match_the_files(compose_config, toy_copy):
+    with pytest.raises(ConfigError, match=r"^model.family: 'flux' but my-sd-model is a Stable Diffusion 1.x/2.x "
+                                          r"model \('sd'\); drop model.family or set model.family=sd$"):
+        prepare_trial(compose_config(f"model.path={toy_copy}", "model.family=flux", *SMALL))
+    with pytest.raises(ConfigError, match=r"^model.family: unknown model family 'sd4'; allowed: sd, sdxl, sd3, flux$"):
+        prepare_trial(compose_config(f"model.path={toy_copy}", "model.family=sd4", *SMALL))
+
+
+def test_a_folder_of_another_pipeline_is_refused_in_one_line(compose_config, toy_copy, tmp_path):
+    other = tmp_path / "kandinsky"
+    shutil.copytree(toy_copy, other)
+    index = json.loads((other / "model_index.json").read_text())
+    (other / "model_index.json").write_text(json.dumps({**index, "_class_name": "KandinskyPipeline"}))
+    with pytest.raises(ConfigError, match=r"^model: kandinsky is a KandinskyPipeline; sweeplab runs Stable Diffusion "
+                                          r"1.x/2.x, Stable Diffusion XL, Stable Diffusion 3.x, FLUX.1 img2img"):
+        prepare_trial(compose_config(f"model.path={other}", *SMALL))
+
+
+def test_hub_models_need_their_family_when_the_cache_cannot_tell(compose_config, monkeypatch, tmp_path):
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path))  # empty: no model_index.json to read
+    with pytest.raises(ConfigError, match=r"^model.family: not set, and someone/model is not in the Hugging Face "
+                                          r"cache to read it from; set model.family= one of sd, sdxl, sd3, flux$"):
+        prepare_trial(compose_config("model.hub_id=someone/model", "model.builtin=null", *SMALL))
+    with pytest.raises(ConfigError, match=r"^negative_prompt: FLUX.1 models take no negative prompt"):
+        prepare_trial(compose_config("model=flux_dev", "sampler=flow_euler", "negative_prompt=blurry", *SMALL))
+    trial = prepare_trial(compose_config("model=flux_dev", "sampler=flow_euler", "width=64", "height=64"))
+    assert trial.spec.params()["model"] == "black-forest-labs/FLUX.1-dev"
+    with pytest.raises(ConfigError, match=r"^width: 72 is not a positive multiple of 16"):
+        prepare_trial(compose_config("model=flux_dev", "sampler=flow_euler", "width=72", "height=64"))
