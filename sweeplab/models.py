@@ -10,7 +10,6 @@ import inspect
 import json
 import logging
 import re
-import struct
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,10 +21,10 @@ from sweeplab import console
 from sweeplab.errors import ConfigError
 from sweeplab.render import read_latent_rgb
 from sweeplab.schema import ModelConfig
+from sweeplab.singlefile import single_file_family
 
 SourceKind = Literal["toy", "folder", "single_file", "hub"]
 PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth")
-SAFETENSORS_HEADER_LIMIT = 100 * 1024 * 1024
 WEIGHT_SUFFIXES = (".safetensors", *PICKLE_SUFFIXES)
 HUB_PROBE_TIMEOUT_S = 5  # a model missing from the cache fails this soon without network, not after retries
 
@@ -88,7 +87,7 @@ def _local_source(model: ModelConfig) -> ModelSource:
         return ModelSource("single_file", str(path), config=model.config, allow_pickle=True)
     if path.suffix != ".safetensors":
         raise ConfigError(f"{where} is not a model; expected a diffusers folder or a .safetensors file")
-    _check_safetensors_header(path, where)
+    single_file_family(path)  # reads the header only: a file of no known family fails before anything loads
     return ModelSource("single_file", str(path), config=model.config)
 
 
@@ -160,24 +159,6 @@ def _hub_unreachable(endpoint: str) -> str | None:
     return None
 
 
-def _check_safetensors_header(path: Path, where: str) -> dict:
-    """Read the safetensors JSON header (8-byte length, then JSON) without loading tensors."""
-    try:
-        with path.open("rb") as handle:
-            (length,) = struct.unpack("<Q", handle.read(8))
-            if not 2 <= length <= SAFETENSORS_HEADER_LIMIT:
-                raise ValueError("bad header length")
-            header = json.loads(handle.read(length))
-    except (struct.error, ValueError, UnicodeDecodeError, OSError):
-        raise ConfigError(f"{where} is not a valid .safetensors file") from None
-    if not isinstance(header, dict):
-        raise ConfigError(f"{where} is not a valid .safetensors file")
-    if not set(header) - {"__metadata__"}:  # diffusers would look the model type up on the hub: a DNS error offline
-        raise ConfigError(f"{where} holds no tensors (an empty safetensors header); expected a Stable Diffusion "
-                          "checkpoint")
-    return header
-
-
 def _check_components(folder: Path, where: str) -> None:
     """Every component model_index.json names has its folder: diffusers reports a missing one as a config.json."""
     try:
@@ -202,12 +183,6 @@ def vae_channels(source: ModelSource) -> int:
         if config.is_file():
             return int(json.loads(config.read_text()).get("block_out_channels", [SD_VAE_CHANNELS])[0])
     return SD_VAE_CHANNELS
-
-
-def single_file_is_sdxl(path: str) -> bool:
-    """SDXL checkpoints carry a second text encoder under conditioner.embedders.1."""
-    header = _check_safetensors_header(Path(path), f"model.path: '{path}'")
-    return any(key.startswith("conditioner.embedders.1.") for key in header)
 
 
 class StartLatentRecorder:
@@ -287,7 +262,8 @@ def load_img2img_pipeline(source: ModelSource, device: str, dtype, compile: bool
 
         location = str(toy_model_dir())
     if source.kind == "single_file":
-        cls = StableDiffusionXLImg2ImgPipeline if single_file_is_sdxl(source.location) else StableDiffusionImg2ImgPipeline
+        xl = single_file_family(source.location) == "sdxl"
+        cls = StableDiffusionXLImg2ImgPipeline if xl else StableDiffusionImg2ImgPipeline
         pipe = cls.from_single_file(source.location, config=source.config, dtype=dtype)
     else:
         pipe = AutoPipelineForImage2Image.from_pretrained(
