@@ -15,6 +15,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from sweeplab import console
 from sweeplab.errors import ConfigError
 
 SAFETENSORS_HEADER_LIMIT = 100 * 1024 * 1024
@@ -66,6 +67,7 @@ def single_file_layout(path: str | Path) -> SingleFileLayout:
     """The family and diffusers' layout name of a .safetensors checkpoint, from its header alone."""
     where = f"model.path: '{path}'"
     header = read_safetensors_header(Path(path), where)
+    console.quiet_library_notices()  # importing diffusers' loaders prints transformers' notices nobody can act on
     from diffusers.loaders.single_file_utils import infer_diffusers_model_type
 
     try:
