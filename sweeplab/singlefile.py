@@ -72,21 +72,22 @@ def single_file_layout(path: str | Path) -> SingleFileLayout:
 
     try:
         model_type = infer_diffusers_model_type(_HeaderTensors(header, where))
+        seen = f"diffusers reads it as '{model_type}'"
     except ConfigError:
         raise
-    except (LookupError, TypeError, ValueError, RuntimeError, NotImplementedError):  # a branch wanted what is absent
-        model_type = None
+    # a branch that wanted a key or shape the file lacks; UnboundLocalError: a shape no branch names (an odd SD3)
+    except (LookupError, TypeError, ValueError, RuntimeError, NotImplementedError, UnboundLocalError):
+        model_type, seen = None, "diffusers cannot place its keys and shapes"
     if model_type == "v1" and SD_UNET_FIRST_CONV not in header:
-        model_type = None
+        model_type, seen = None, "no Stable Diffusion, SDXL, SD3 or FLUX keys"
     family = FAMILY_OF_MODEL_TYPE.get(model_type)
     if family is None:
-        seen = f"diffusers reads it as '{model_type}'" if model_type else "no Stable Diffusion, SDXL, SD3 or FLUX keys"
         raise ConfigError(f"{where} is not a checkpoint of a family sweeplab knows ({seen}); known: {KNOWN_FAMILIES}")
     return SingleFileLayout(family, model_type)
 
 
 def single_file_family(path: str | Path) -> str:
-    """"sd", "sdxl", "sd3" or "flux" for a .safetensors checkpoint, from its header alone."""
+    """The family (sd, sdxl, sd3 or flux) of a .safetensors checkpoint, from its header alone."""
     return single_file_layout(path).family
 
 

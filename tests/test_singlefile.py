@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import struct
 import subprocess
 import sys
@@ -61,6 +62,9 @@ UNKNOWN_LAYOUTS = {
     "flux1-fill": ("diffusers reads it as 'flux-fill'", {
         "double_blocks.0.img_attn.norm.key_norm.scale": (128,), "guidance_in.in_layer.bias": (3072,),
         "img_in.weight": (3072, 384)}),
+    "sd3-odd-size": ("diffusers cannot place its keys and shapes", {
+        "model.diffusion_model.joint_blocks.0.context_block.adaLN_modulation.1.bias": (9216,),
+        "model.diffusion_model.pos_embed": (1, 4096, 1536)}),
     "flux2": ("diffusers reads it as 'flux-2-dev'", {
         "model.diffusion_model.double_blocks.0.img_attn.norm.key_norm.scale": (128,),
         "model.diffusion_model.single_stream_modulation.lin.weight": (18432, 3072)}),
@@ -136,7 +140,7 @@ def toy_single_file(tmp_path_factory) -> Path:
 
 def test_the_toy_file_has_the_original_layout_at_the_toys_sizes(toy_single_file):
     assert single_file_layout(toy_single_file) == SingleFileLayout("sd", "v1")
-    folder_tensors = sum(len(safe_open(str(weights), "pt").keys()) for weights in toy_model_dir().rglob("*.safetensors"))
+    folder_tensors = sum(len(safe_open(str(file), "pt").keys()) for file in toy_model_dir().rglob("*.safetensors"))
     with safe_open(str(toy_single_file), "pt") as opened:
         shapes = {key: tuple(opened.get_slice(key).get_shape()) for key in opened.keys()}
     assert len(shapes) == folder_tensors
@@ -150,6 +154,30 @@ def test_the_toy_file_has_the_original_layout_at_the_toys_sizes(toy_single_file)
     assert shapes["first_stage_model.decoder.up.0.block.1.norm2.weight"] == (32,)
     assert shapes["first_stage_model.encoder.mid.attn_1.q.weight"] == (64, 64, 1, 1)
     assert shapes["cond_stage_model.transformer.text_model.embeddings.position_embedding.weight"] == (77, 32)
+
+
+def test_a_folder_the_converter_cannot_write_is_one_line(tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+
+    from sweeplab.toy.singlefile import main
+
+    uneven, text_time = tmp_path / "uneven-levels", tmp_path / "text-time"
+    for folder in (uneven, text_time):
+        shutil.copytree(toy_model_dir(), folder)
+    unet_config = uneven / "unet" / "config.json"
+    unet_config.write_text(json.dumps({**json.loads(unet_config.read_text()), "layers_per_block": [2, 1]}))
+    unet_weights = text_time / "unet" / "diffusion_pytorch_model.safetensors"  # SDXL's size conditioning
+    save_file({**load_file(str(unet_weights)), "add_embedding.linear_1.weight": torch.zeros(64, 8)}, str(unet_weights))
+    for folder, error in [
+        (tmp_path, f"{tmp_path} lacks unet/config.json or unet/diffusion_pytorch_model.safetensors; expected a "
+                   "diffusers SD 1.x pipeline folder with plain safetensors weights"),
+        (uneven, "unet layers_per_block [2, 1]: only one count for every block has an original layout"),
+        (text_time, "unet weight add_embedding.linear_1.weight has no place in the original layout; expected an "
+                    "SD 1.x unet"),
+    ]:
+        assert main([str(tmp_path / "out.safetensors"), "--folder", str(folder)]) == 2
+        assert capsys.readouterr().err == f"sweeplab.toy.singlefile: error: {error}\n"
+    assert not (tmp_path / "out.safetensors").exists()
 
 
 def test_the_toy_file_loads_offline_with_the_folders_weights_and_output_bytes(toy_single_file):

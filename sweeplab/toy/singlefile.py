@@ -49,10 +49,11 @@ def write_original_checkpoint(folder: str | Path, out: str | Path) -> Path:
                          "CLIPTextModel is written in the original layout here")
     unet_layers = {name: (original, {}) for name, original in DIFFUSERS_TO_LDM_MAPPING["unet"]["layers"].items()}
     vae_layers = {name: (original, {}) for name, original in DIFFUSERS_TO_LDM_MAPPING["vae"].items()}
+    vae_original = _renamed(vae, {**vae_layers, **_vae_prefixes(vae_config)}, VAE_PREFIX, "vae")
     checkpoint = {
         **_renamed(unet, {**unet_layers, **_unet_prefixes(unet_config)}, UNET_PREFIX, "unet"),
-        **{name: _as_conv_1x1(name, weights)
-           for name, weights in _renamed(vae, {**vae_layers, **_vae_prefixes(vae_config)}, VAE_PREFIX, "vae").items()},
+        **{name: _as_conv_1x1(name, weights) for name, weights in vae_original.items()},
+        # transformers >= 5.6 saves CLIPTextModel without its text_model. level; older folders have it
         **{TEXT_ENCODER_PREFIX + name.removeprefix("text_model."): weights for name, weights in text_encoder.items()},
     }
     out.parent.mkdir(parents=True, exist_ok=True)
