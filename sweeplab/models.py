@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import struct
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -23,10 +22,10 @@ from sweeplab.errors import ConfigError
 from sweeplab.families import FAMILIES, SD, ModelFamily, family_named, family_of_pipeline_class
 from sweeplab.render import read_latent_rgb
 from sweeplab.schema import ModelConfig
+from sweeplab.singlefile import single_file_family
 
 SourceKind = Literal["toy", "folder", "single_file", "hub"]
 PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth")
-SAFETENSORS_HEADER_LIMIT = 100 * 1024 * 1024
 WEIGHT_SUFFIXES = (".safetensors", *PICKLE_SUFFIXES)
 HUB_PROBE_TIMEOUT_S = 5  # a model missing from the cache fails this soon without network, not after retries
 
@@ -76,8 +75,10 @@ def resolve_model_source(model: ModelConfig) -> ModelSource:
                               f"('{found.name}'); drop model.family or set model.family={found.name}")
         found = declared
     if found is None:
-        raise ConfigError(f"model.family: not set, and {source.name} is not in the Hugging Face cache to read it "
-                          f"from; set model.family= one of {', '.join(FAMILIES)}")
+        unread = ("is a pickle checkpoint, read only by loading it" if source.kind == "single_file"
+                  else "is not in the Hugging Face cache to read it from")
+        raise ConfigError(f"model.family: not set, and {source.name} {unread}; "
+                          f"set model.family= one of {', '.join(FAMILIES)}")
     return replace(source, family=found.name)
 
 
@@ -97,11 +98,11 @@ def _weights_source(model: ModelConfig) -> ModelSource:
 
 
 def _found_family(source: ModelSource, model: ModelConfig) -> ModelFamily | None:
-    """The family the files say: a folder's model_index.json, a single file's keys; None when nothing is on disk."""
+    """The family the files say: a folder's model_index.json, a single file's keys; None when nothing tells."""
     if source.kind == "toy":
         return SD
-    if source.kind == "single_file":
-        return FAMILIES["sdxl"] if single_file_is_sdxl(source.location) else SD
+    if source.kind == "single_file":  # a pickle checkpoint cannot be read without loading (running) it
+        return None if source.allow_pickle else FAMILIES[single_file_family(source.location)]
     if source.kind == "folder":
         index = Path(source.location) / "model_index.json"
     else:
@@ -139,7 +140,6 @@ def _local_source(model: ModelConfig) -> ModelSource:
         return ModelSource("single_file", str(path), config=model.config, allow_pickle=True)
     if path.suffix != ".safetensors":
         raise ConfigError(f"{where} is not a model; expected a diffusers folder or a .safetensors file")
-    _check_safetensors_header(path, where)
     return ModelSource("single_file", str(path), config=model.config)
 
 
@@ -211,24 +211,6 @@ def _hub_unreachable(endpoint: str) -> str | None:
     return None
 
 
-def _check_safetensors_header(path: Path, where: str) -> dict:
-    """Read the safetensors JSON header (8-byte length, then JSON) without loading tensors."""
-    try:
-        with path.open("rb") as handle:
-            (length,) = struct.unpack("<Q", handle.read(8))
-            if not 2 <= length <= SAFETENSORS_HEADER_LIMIT:
-                raise ValueError("bad header length")
-            header = json.loads(handle.read(length))
-    except (struct.error, ValueError, UnicodeDecodeError, OSError):
-        raise ConfigError(f"{where} is not a valid .safetensors file") from None
-    if not isinstance(header, dict):
-        raise ConfigError(f"{where} is not a valid .safetensors file")
-    if not set(header) - {"__metadata__"}:  # diffusers would look the model type up on the hub: a DNS error offline
-        raise ConfigError(f"{where} holds no tensors (an empty safetensors header); expected a Stable Diffusion "
-                          "checkpoint")
-    return header
-
-
 def _check_components(folder: Path, where: str) -> None:
     """Every component model_index.json names has its folder: diffusers reports a missing one as a config.json."""
     try:
@@ -253,15 +235,6 @@ def vae_channels(source: ModelSource) -> int:
         if config.is_file():
             return int(json.loads(config.read_text()).get("block_out_channels", [SD_VAE_CHANNELS])[0])
     return SD_VAE_CHANNELS
-
-
-def single_file_is_sdxl(path: str) -> bool:
-    """SDXL checkpoints carry a second text encoder under conditioner.embedders.1."""
-    header = _check_safetensors_header(Path(path), f"model.path: '{path}'")
-    return any(key.startswith("conditioner.embedders.1.") for key in header)
-
-
-PIPELINE_KINDS = ("img2img", "inpaint", "text2img")
 
 
 @dataclass

@@ -6,10 +6,9 @@ import time
 
 import pytest
 import torch
-from safetensors.torch import save_file
 
 from sweeplab.errors import ConfigError
-from sweeplab.models import PipelineCache, resolve_model_source, single_file_is_sdxl
+from sweeplab.models import PipelineCache, resolve_model_source
 from sweeplab.runner import run_trial
 from sweeplab.schema import ModelConfig
 from sweeplab.trial import prepare_trial
@@ -59,17 +58,6 @@ def test_sdxl_folder_loads_the_sdxl_img2img_pipeline_and_runs(compose_config, ti
     assert (result.steps_taken, result.denoiser_evals) == (2, 2)
     assert result.start_latent.shape == (4, 32, 32)  # this tiny VAE downsamples 2x
     assert result.output.size == (64, 64)
-
-
-def test_single_file_family_is_read_from_the_header(tmp_path):
-    sd = tmp_path / "sd15.safetensors"
-    xl = tmp_path / "sdxl.safetensors"
-    save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(1)}, str(sd))
-    save_file({"conditioner.embedders.1.model.ln_final.weight": torch.zeros(1)}, str(xl))
-    assert not single_file_is_sdxl(str(sd))
-    assert single_file_is_sdxl(str(xl))
-    source = resolve_model_source(ModelConfig(name="mine", path=str(xl)))
-    assert (source.kind, source.location) == ("single_file", str(xl))
 
 
 def test_pickle_checkpoints_are_refused(tmp_path):
