@@ -2,7 +2,8 @@
 
 At the start: each swept key with its values (params; `seed: 1,2,3`), the keys zipped together and the command line
 (tags). At the end: the trial counts (metrics) and, under `summary/`, a labelled grid of the outputs and a table of
-the trials, built by the report layer from the store. The callback in tracking.py calls these; nothing here imports torch.
+the trials, built by the report layer from the store. The callback in tracking.py calls these; nothing here imports
+torch.
 """
 
 from __future__ import annotations

@@ -60,8 +60,8 @@ def test_zipped_lists_of_different_lengths_fail_in_one_line_before_anything_open
     done = subprocess.run([str(SWEEPLAB), "-m", *zipped, *TINY], cwd=tmp_path, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 2
-    assert done.stderr == ("sweeplab: error: hydra.sweeper.list_params: zipped lists differ in length (steps: 3 values, "
-                           "strength: 2 values); they pair their values by position, so give each as many\n")
+    assert done.stderr == ("sweeplab: error: hydra.sweeper.list_params: zipped lists differ in length (steps: 3 "
+                           "values, strength: 2 values); they pair their values by position, so give each as many\n")
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "multirun").exists()
 
 
@@ -144,7 +144,7 @@ def test_the_plan_view_lists_the_grid_times_the_pairs(tmp_path):
 
 
 def test_a_command_line_value_of_a_zipped_key_takes_it_out_of_the_pairs():
-    """The command line wins, as it does over a grid: `--run-missing` reruns one doc trial as `steps=50 strength=0.4`."""
+    """The command line wins, as over a grid: `--run-missing` reruns one doc trial as `steps=50 strength=0.4`."""
     sweeper = {"list_params": {"steps": "10,10,50,30,29", "strength": [0.4, 0.7, 0.4, 0.7, 0.7]}}
     assert read_axes(sweeper, ["steps=50", "strength=0.4"]).trials() == [["steps=50", "strength=0.4"]]
     replaced = read_axes(sweeper, ["strength=0.7"])

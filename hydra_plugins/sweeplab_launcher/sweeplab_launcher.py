@@ -49,7 +49,7 @@ class SweeplabSweeperConf(BasicSweeperConf):
 
     _target_: str = "hydra_plugins.sweeplab_launcher.sweeplab_launcher.SweeplabSweeper"
     # params (Hydra's): the grid, {key: "a,b"}; every combination of the grid's values is a trial
-    grid_params: Dict[str, Any] = field(default_factory=dict)  # the grid too, hydra-list-sweeper's name: "a,b" or [a, b]
+    grid_params: Dict[str, Any] = field(default_factory=dict)  # the grid too, hydra-list-sweeper's name: a,b or [a, b]
     list_params: Dict[str, Any] = field(default_factory=dict)  # zipped: equal-length lists, paired by position
 
 
