@@ -24,11 +24,13 @@ from sweeplab import __version__, interrupts, outcome
 from sweeplab.configsearch import CONF_DIR, PRIMARY_CONFIG, ConfigOptions
 from sweeplab.errors import ConfigError, exit_for
 from sweeplab.schema import SCHEMA_KEYS
+from sweeplab.sweepaxes import SWEEPER_FIELDS, read_axes
 from sweeplab.tracking import bound_http_retries
 
 log = logging.getLogger("sweeplab")
 
 CONFIG_GROUPS = ("model", "sampler", "tracking", "experiment")
+SWEEPER_PREFIX = "hydra.sweeper."  # where a command line sets the sweep's grid and zipped lists
 # What `sweeplab --version` names beside sweeplab: the libraries that decide a trial's result and its record.
 VERSIONED_LIBRARIES = {"torch": "torch", "diffusers": "diffusers", "MLflow": "mlflow", "Hydra": "hydra-core"}
 
@@ -88,8 +90,13 @@ def preflight(argv: list[str]) -> None:
     except OverrideParseException as err:
         raise ConfigError(_unparsable(parser, args.overrides, err)) from None
     options = ConfigOptions(args.config_dir, args.config_name, args.overrides)
+    sweeper_overrides, experiment = [], []  # what sets the sweep's own grid and zipped lists
     for override in parsed:
         key = override.key_or_group
+        if key.startswith(SWEEPER_PREFIX):
+            _check_sweeper_override(override, args.multirun or bool(args.cfg or args.help or args.info))
+            sweeper_overrides.append(override)
+            continue
         if override.is_delete() or override.is_add() or key.startswith("hydra"):
             continue
         if override.is_sweep_override() and not args.multirun:
@@ -104,9 +111,16 @@ def preflight(argv: list[str]) -> None:
                 if value not in allowed and value != "null":
                     raise ConfigError(f"{key}: unknown option '{value}'{_suggest(value, allowed)}; allowed: {', '.join(allowed)}")
                 if key == "experiment" and value != "null":
-                    _check_sweep_keys(value, options)
+                    _check_sweep_keys(f"experiment {value}: ", options.sweeper([f"experiment={value}"]))
+            if key == "experiment" and not override.is_sweep_override() and override.value() is not None:
+                experiment = [override.input_line]
         elif key.split(".")[0] not in SCHEMA_KEYS:
             raise ConfigError(_unknown_key(key))
+    if args.multirun and (experiment or sweeper_overrides):  # zipped lists of different lengths, before Hydra starts
+        for override in sweeper_overrides:
+            _check_addition(override, options.sweeper(experiment))
+        read_axes(options.sweeper([*experiment, *(override.input_line for override in sweeper_overrides)]),
+                  [override.input_line for override in parsed if not override.is_hydra_override()])
 
 
 def _unknown_key(key: str) -> str:
@@ -128,11 +142,45 @@ def _unparsable(parser, overrides: list[str], err: Exception) -> str:
     return str(err).splitlines()[0]
 
 
-def _check_sweep_keys(experiment: str, options) -> None:
-    """An experiment's hydra.sweeper.params become overrides only when Hydra sweeps: check their keys now."""
-    for key in map(str, options.sweep_params(experiment)):
-        if key.split(".")[0] not in SCHEMA_KEYS and key not in CONFIG_GROUPS:
-            raise ConfigError(f"experiment {experiment}: hydra.sweeper.params.{_unknown_key(key)}")
+def _check_sweeper_override(override, sweeping: bool) -> None:
+    """`hydra.sweeper.list_params.KEY=[...]` and the grid's fields: a known key, a list Hydra accepts, and -m
+    (or a flag that only shows the config: `sweeping`)."""
+    field, _, swept = override.key_or_group.removeprefix(SWEEPER_PREFIX).partition(".")
+    if field not in SWEEPER_FIELDS or override.is_delete():
+        return
+    line = override.input_line.lstrip("+")
+    if not sweeping:
+        raise ConfigError(f"{override.key_or_group}: the sweeper's settings apply only to a sweep; add -m "
+                          f"(sweeplab -m {line})")
+    if override.is_sweep_override():
+        key, _, values = override.input_line.partition("=")
+        raise ConfigError(f"{key}: '{values}' would sweep Hydra's own settings, which Hydra refuses; give the values "
+                          f"as a list: {key}=[{values}]")
+    value = override.value()
+    _check_sweep_keys("", {field: [swept] if swept else value if isinstance(value, dict) else []})
+
+
+def _check_addition(override, sweeper: dict) -> None:
+    """Hydra adds a key to the sweeper's settings only with `+`, and replaces one (an experiment's) only without."""
+    from hydra.core.override_parser.types import OverrideType
+
+    field, _, swept = override.key_or_group.removeprefix(SWEEPER_PREFIX).partition(".")
+    if field not in SWEEPER_FIELDS or not swept or override.type == OverrideType.FORCE_ADD:
+        return
+    line = override.input_line.lstrip("+")
+    present = swept in (sweeper.get(field) or {})
+    if override.type == OverrideType.CHANGE and not present:
+        raise ConfigError(f"{override.key_or_group}: not set yet, and Hydra adds a key only with +: +{line}")
+    if override.type == OverrideType.ADD and present:
+        raise ConfigError(f"{override.key_or_group}: already set (by the experiment); replace it without +: {line}")
+
+
+def _check_sweep_keys(where: str, sweeper: dict) -> None:
+    """A sweeper's grid and zipped keys become overrides only when Hydra sweeps: check their names now."""
+    for field in SWEEPER_FIELDS:
+        for key in map(str, sweeper.get(field) or ()):
+            if key.split(".")[0] not in SCHEMA_KEYS and key not in CONFIG_GROUPS:
+                raise ConfigError(f"{where}hydra.sweeper.{field}.{_unknown_key(key)}")
 
 
 def _choice_values(override) -> list[str]:

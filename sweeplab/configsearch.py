@@ -70,6 +70,7 @@ class ConfigOptions:
         self._loader = ConfigLoaderImpl(config_search_path=search_path)
         self._config_name = config_name or PRIMARY_CONFIG
         self._searchpath = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") == "hydra.searchpath"]
+        self._sweepers: dict[tuple[str, ...], dict] = {}  # `sweeper` by its overrides: each composes once
 
     def of(self, group: str) -> list[str]:
         from hydra.errors import HydraException
@@ -80,16 +81,19 @@ class ConfigOptions:
         except HydraException as err:
             raise ConfigError(f"hydra.searchpath: {str(err).strip().splitlines()[0]}") from None
 
-    def sweep_params(self, experiment: str) -> dict:
-        """The experiment's `hydra.sweeper.params` as Hydra composes it (a user's file or a shipped one)."""
+    def sweeper(self, overrides: Sequence[str]) -> dict:
+        """`hydra.sweeper` (its grid and zipped lists) as Hydra composes it for a sweep with these overrides (an
+        experiment, `hydra.sweeper.*`); empty where Hydra cannot compose it, which Hydra then reports itself."""
         from hydra.errors import HydraException
         from hydra.types import RunMode
         from omegaconf import OmegaConf
 
-        try:
-            composed = self._loader.load_configuration(self._config_name, [f"experiment={experiment}", *self._searchpath],
-                                                       run_mode=RunMode.MULTIRUN)
-        except HydraException:
-            return {}  # Hydra itself reports what is wrong with the file when it composes
-        params = OmegaConf.select(composed, "hydra.sweeper.params", default=None)
-        return OmegaConf.to_container(params) if params else {}
+        key = tuple(overrides)
+        if key not in self._sweepers:
+            try:
+                composed = self._loader.load_configuration(self._config_name, [*overrides, *self._searchpath],
+                                                           run_mode=RunMode.MULTIRUN)
+                self._sweepers[key] = OmegaConf.to_container(composed.hydra.sweeper)
+            except HydraException:
+                self._sweepers[key] = {}
+        return self._sweepers[key]

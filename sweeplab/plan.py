@@ -1,6 +1,6 @@
 """What a sweep would run, without running it: each trial's overrides and config hash.
 
-    python -m sweeplab.plan experiment=invokeai_img2img [more overrides]
+    python -m sweeplab.plan experiment=invokeai_img2img [more overrides, sweeps included]
 
 Prints JSON. The report layer calls this in a subprocess to find trials missing from the
 store, since computing a config hash needs the trial code (and so torch).
@@ -12,23 +12,26 @@ import json
 import sys
 
 from hydra import compose, initialize_config_dir
-from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
 import sweeplab.schema  # noqa: F401  registers the config schemas
 from sweeplab.cli import CONF_DIR, preflight
 from sweeplab.errors import ConfigError
+from sweeplab.sweepaxes import read_axes
 
 
 def plan(overrides: list[str]) -> list[dict]:
-    """Expand the sweep exactly as Hydra's basic sweeper would, then hash every trial."""
+    """Expand the sweep exactly as sweeplab's sweeper would (its grid times its zipped lists), then hash every
+    trial."""
     from sweeplab.trial import prepare_trial
 
-    preflight(overrides)
+    preflight(["-m", *overrides])
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    fixed = [override.input_line for override in parsed if not override.is_sweep_override()]
+    task = [override.input_line for override in parsed if not override.is_hydra_override()]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        sweep_params = compose("config", overrides, return_hydra_config=True).hydra.sweeper.params or {}
-        arguments = [f"{key}={value}" for key, value in sweep_params.items()] + list(overrides)
-        (trials,) = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(arguments), None)
+        sweeper = compose("config", fixed, return_hydra_config=True).hydra.sweeper  # as Hydra composes a multirun
+        trials = read_axes(sweeper, task).trials()
         return [_hash_trial(trial, compose("config", trial), prepare_trial) for trial in trials]
 
 

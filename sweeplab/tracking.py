@@ -29,7 +29,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from sweeplab import interrupts
-from sweeplab.errors import StoreError, exit_for
+from sweeplab.errors import ConfigError, StoreError, exit_for
 from sweeplab.redaction import redact, redact_override
 
 log = logging.getLogger("sweeplab")
@@ -63,6 +63,7 @@ MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value (mlflow.utils.validati
 LONG_PARAM_FOLDER = "params"  # a param over that limit is kept whole as the artifact params/<key>.txt
 SWEEP_TAG = "sweeplab.sweep"  # "true" on a sweep's parent run
 COMMAND_TAG = "sweeplab.command"  # on a parent run: the command line that started the sweep
+ZIPPED_TAG = "sweeplab.zipped"  # on a parent run: its swept keys whose values pair by position, e.g. "steps,strength"
 SUMMARY_FOLDER = "summary"  # a parent run's artifacts written when the sweep ends: the grid and the trials table
 SUMMARY_GRID = "grid.png"  # summary/grid.png (grid-1.png, ... when a third key makes one grid per value)
 SUMMARY_TABLE = "trials.md"  # summary/trials.md: one row per trial
@@ -430,18 +431,21 @@ class MlflowSweepCallback(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         atexit.register(self._close_unfinished)
-        from sweeplab.sweeprecord import sweep_command, swept_params
+        from sweeplab.sweepaxes import sweep_axes
+        from sweeplab.sweeprecord import sweep_command
 
         try:
+            axes = sweep_axes(config)  # zipped lists of different lengths stop the sweep before it has a run
             self.tracker = MlflowTracker.from_config(config)
-        except StoreError as err:
+        except ConfigError as err:
             exit_for(err)
         overrides = overrides_tag(OmegaConf.select(config, "hydra.overrides.task", default=[]))
+        zipped = {ZIPPED_TAG: ",".join(axes.zipped_keys())} if axes.zipped_keys() else {}
         self.parent_run_id = self.tracker.start_run(
             run_name=f"sweep {Path(str(config.hydra.sweep.dir)).as_posix()}",
-            params=swept_params(config),
+            params=axes.swept_values(),
             tags={SWEEP_TAG: "true", "sweeplab.overrides": overrides, COMMAND_TAG: sweep_command(), **owner_tag(),
-                  **environment_tags()},
+                  **zipped, **environment_tags()},
             parent_run_id=None,
         )
         os.environ[PARENT_RUN_ENV] = self.parent_run_id

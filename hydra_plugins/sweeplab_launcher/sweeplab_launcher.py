@@ -10,13 +10,14 @@ import logging
 import math
 import os
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper, BasicSweeperConf
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.types import Override
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, setup_globals
 from hydra.plugins.launcher import Launcher
@@ -28,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from sweeplab.errors import ConfigError, exit_for
 from sweeplab.runnames import plan_run_names
 from sweeplab.sweep import ComposedJob, JobComposer
+from sweeplab.sweepaxes import read_axes
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +45,12 @@ class SweeplabLauncherConf:
 
 @dataclass
 class SweeplabSweeperConf(BasicSweeperConf):
-    """`hydra/sweeper=sweeplab`: Hydra's basic sweeper (cartesian product), checked without composing every job."""
+    """`hydra/sweeper=sweeplab`: a grid times zipped lists (sweeplab.sweepaxes), checked without composing every job."""
 
     _target_: str = "hydra_plugins.sweeplab_launcher.sweeplab_launcher.SweeplabSweeper"
+    # params (Hydra's): the grid, {key: "a,b"}; every combination of the grid's values is a trial
+    grid_params: Dict[str, Any] = field(default_factory=dict)  # the grid too, hydra-list-sweeper's name: a,b or [a, b]
+    list_params: Dict[str, Any] = field(default_factory=dict)  # zipped: equal-length lists, paired by position
 
 
 ConfigStore.instance().store(group="hydra/launcher", name="sweeplab", node=SweeplabLauncherConf, provider="sweeplab")
@@ -53,12 +58,31 @@ ConfigStore.instance().store(group="hydra/sweeper", name="sweeplab", node=Sweepl
 
 
 class SweeplabSweeper(BasicSweeper):
-    """Checks each batch by composing every distinct set of config-group choices once.
+    """Hydra's basic sweeper with zipped keys: the grid's combinations times the pairs of `list_params`.
 
-    Hydra's basic sweeper composes every job to check it, and the launcher composes it again; at about
-    50 ms a composition that doubles as a per-trial cost. A bad group choice still stops the sweep before
-    anything runs; a bad value fails its own trial, recorded as a FAILED run.
+    It checks each batch by composing every distinct set of config-group choices once: Hydra's basic sweeper
+    composes every job to check it, and the launcher composes it again; at about 50 ms a composition that
+    doubles as a per-trial cost. A bad group choice still stops the sweep before anything runs; a bad value
+    fails its own trial, recorded as a FAILED run.
     """
+
+    def __init__(self, max_batch_size: Optional[int] = None, params: Optional[Dict[str, str]] = None,
+                 grid_params: Optional[Dict[str, Any]] = None, list_params: Optional[Dict[str, Any]] = None) -> None:
+        super().__init__(max_batch_size, params)
+        self.sweeper_params = {"params": self.params, "grid_params": grid_params, "list_params": list_params}
+
+    def _parse_config(self) -> List[str]:
+        """None here: `split_arguments` reads the config's grid and zipped lists together with the command line."""
+        return []
+
+    def split_arguments(self, overrides: List[Override], max_batch_size: Optional[int]) -> List[List[List[str]]]:
+        """The basic sweeper's batches of jobs, each job the grid's overrides and one zipped pair's."""
+        try:
+            axes = read_axes(self.sweeper_params, [o.input_line for o in overrides], self.hydra_context.config_loader)
+            jobs = axes.trials()
+        except ConfigError as err:  # the sweep callback checks the same before the store opens; this is the backstop
+            exit_for(err)
+        return list(self.split_overrides_to_chunks(jobs, max_batch_size))
 
     def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
         composer = JobComposer(self.hydra_context.config_loader, self.config)

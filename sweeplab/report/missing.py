@@ -19,7 +19,7 @@ from sweeplab.tracking import CONFIG_HASH_TAG
 
 
 def plan(experiment: str) -> list[dict]:
-    """The experiment's trials as Hydra's basic sweeper expands them: overrides and config hash each."""
+    """The experiment's trials as sweeplab's sweeper expands them: overrides and config hash each."""
     import json
 
     done = subprocess.run([sys.executable, "-m", "sweeplab.plan", f"experiment={experiment}"],
