@@ -49,7 +49,8 @@ class Img2ImgRun:
 
     output: np.ndarray
     start_latent: torch.Tensor
-    step_latents: list[torch.Tensor]
+    step_latents: list[torch.Tensor]  # one per callback_on_step_end call
+    completed_steps: int  # callbacks that end a step by the pipeline's own rule (its progress bar's)
     denoiser_evals: int
 
 
@@ -70,9 +71,11 @@ def run_img2img(pipe: DiffusionPipeline, family: str, seed: int = 1) -> Img2ImgR
         return prepared
 
     step_latents: list[torch.Tensor] = []
+    completed: list[bool] = []
 
-    def on_step_end(_pipe, _index, _timestep, tensors):
+    def on_step_end(_pipe, index, _timestep, tensors):
         step_latents.append(tensors["latents"].clone())
+        completed.append((index + 1) % pipe.scheduler.order == 0 or index == pipe.num_timesteps - 1)
         return {}
 
     evals = []
@@ -89,7 +92,7 @@ def run_img2img(pipe: DiffusionPipeline, family: str, seed: int = 1) -> Img2ImgR
     start = starts[0]
     if family == "flux":
         start = FluxImg2ImgPipeline._unpack_latents(start, SIZE, SIZE, pipe.vae_scale_factor)
-    return Img2ImgRun(output, start, step_latents, len(evals))
+    return Img2ImgRun(output, start, step_latents, sum(completed), len(evals))
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -124,22 +127,33 @@ def test_familys_img2img_pipeline_runs_the_folder_deterministically(family, tiny
     assert first.denoiser_evals == FAMILY[family].evals  # classifier-free guidance runs as one batch of two
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-def test_same_seed_gives_the_same_bytes_in_another_process(family, tiny_model_dir, tmp_path):
-    """The command line builds in a fresh process; a different seed changes every weight file."""
-    folder = tiny_model_dir(family)
-    again = tmp_path / "again"
-    done = subprocess.run([sys.executable, "-m", "sweeplab.toy.tiny", family, str(again)], capture_output=True,
-                          text=True, timeout=600)
+@pytest.fixture(scope="module")
+def rebuilt_in_a_fresh_process(tmp_path_factory) -> dict[str, Path]:
+    """Every family built again by the command line, `python -m sweeplab.toy.tiny FAMILY OUT_DIR`, all in one fresh
+    interpreter (runpy runs the module as -m does), so the imports are paid once."""
+    root = tmp_path_factory.mktemp("tiny-again")
+    script = ("import runpy, sys\n"
+              f"for family in {list(FAMILIES)!r}:\n"
+              f"    sys.argv = ['tiny', family, {str(root)!r} + '/' + family]\n"
+              "    runpy.run_module('sweeplab.toy.tiny', run_name='__main__', alter_sys=True)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == str(again)
+    assert done.stdout.splitlines() == [str(root / family) for family in FAMILIES]  # each prints its folder
+    return {family: root / family for family in FAMILIES}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_same_seed_gives_the_same_bytes_in_another_process(family, tiny_model_dir, rebuilt_in_a_fresh_process,
+                                                          tmp_path):
+    """Every file equal, weights and configs; a different seed changes every weight file."""
+    folder, again = tiny_model_dir(family), rebuilt_in_a_fresh_process[family]
     files = sorted(path.relative_to(folder) for path in folder.rglob("*") if path.is_file())
     assert files == sorted(path.relative_to(again) for path in again.rglob("*") if path.is_file())
-    assert [(folder / name).read_bytes() == (again / name).read_bytes() for name in files] == [True] * len(files)
+    assert [name for name in files if (folder / name).read_bytes() != (again / name).read_bytes()] == []
 
     other = build_tiny_pipeline(family, tmp_path / "seed1", seed=1)
     weights = [path.relative_to(folder) for path in folder.rglob("*.safetensors")]
-    assert [(folder / name).read_bytes() != (other / name).read_bytes() for name in weights] == [True] * len(weights)
+    assert [name for name in weights if (folder / name).read_bytes() == (other / name).read_bytes()] == []
 
 
 def test_building_keeps_the_callers_random_state_and_refuses_a_used_folder(tmp_path):
@@ -190,7 +204,8 @@ def test_t5_tokenizer_is_made_in_code_and_loads_back_the_same(tmp_path):
 
 
 # What diffusers 0.42.1 does with the flow-matching schedulers: evaluations and callbacks per steps taken.
-# FlowMatchHeun is second order: 2n - 1 evaluations for n steps, and callback_on_step_end runs after each.
+# FlowMatchHeun is second order: 2n - 1 evaluations for n steps (the last step, to sigma 0, is Euler's alone), and
+# callback_on_step_end runs after each; the pipeline's rule (every order-th call, and the last) tells the steps.
 FLOW_MATCH_CASES = [
     ("sd3", FlowMatchEulerDiscreteScheduler, STEPS_TAKEN),
     ("sd3", FlowMatchHeunDiscreteScheduler, 2 * STEPS_TAKEN - 1),
@@ -206,9 +221,11 @@ def test_flow_match_scheduler_evaluations_and_callback_latents(family, scheduler
     assert np.isfinite(done.output).all()
     assert done.denoiser_evals == evals
     assert len(done.step_latents) == evals
+    assert done.completed_steps == STEPS_TAKEN
     side = SIZE // pipe.vae_scale_factor
     packed = (1, (side // 2) ** 2, 16 * 4)  # FLUX: 2x2 patches of 16 channels, one token each
-    assert {tuple(latent.shape) for latent in done.step_latents} == {packed if family == "flux" else (1, 16, side, side)}
+    expected = packed if family == "flux" else (1, 16, side, side)
+    assert {tuple(latent.shape) for latent in done.step_latents} == {expected}
 
 
 def test_flux_img2img_refuses_flow_match_heun(tiny_model_dir):

@@ -24,7 +24,6 @@ defaults to 1024, not to the init image's size).
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import torch
@@ -39,9 +38,6 @@ from transformers import (CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjec
 
 from sweeplab.toy.build import SD15_SCHEDULER_CONFIG
 from sweeplab.toy.tokenizer import MODEL_MAX_LENGTH, WORDS, build_tokenizer
-
-FAMILIES = ("sd", "sdxl", "sd3", "flux")
-"""What `build_tiny_pipeline` makes: SD 1.x, SDXL, SD 3.x, FLUX.1."""
 
 T5_MAX_LENGTH = 512  # FLUX.1's tokenizer_2 and SD 3's tokenizer_3 model_max_length
 CLIP_WIDTH = 32  # hidden size of every tiny CLIP text encoder
@@ -99,14 +95,14 @@ def _t5_encoder(tokenizer: T5TokenizerFast) -> T5EncoderModel:
                                    eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=tokenizer.pad_token_id))
 
 
-def _vae(latent_channels: int, scaling_factor: float, shift_factor: float | None = None) -> AutoencoderKL:
-    """Four levels, 8x downsampling like every real family's VAE; SD 3's and FLUX's have no quant convs."""
-    flow = latent_channels == 16
+def _vae(latent_channels: int, scaling_factor: float, shift_factor: float | None = None,
+         quant_convs: bool = True) -> AutoencoderKL:
+    """Four levels, 8x downsampling like every real family's VAE, with the family's latent scaling."""
     return AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
                          up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(8, 16, 16, 16),
                          layers_per_block=1, norm_num_groups=8, latent_channels=latent_channels, sample_size=64,
-                         scaling_factor=scaling_factor, shift_factor=shift_factor, use_quant_conv=not flow,
-                         use_post_quant_conv=not flow)
+                         scaling_factor=scaling_factor, shift_factor=shift_factor, use_quant_conv=quant_convs,
+                         use_post_quant_conv=quant_convs)
 
 
 def _sd() -> StableDiffusionPipeline:
@@ -149,8 +145,8 @@ def _sd3() -> StableDiffusion3Pipeline:
     config = _clip_config(tokenizer)
     return StableDiffusion3Pipeline(
         transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler.from_config(SD3_SCHEDULER_CONFIG),
-        vae=_vae(16, 1.5305, 0.0609), text_encoder=CLIPTextModelWithProjection(config), tokenizer=tokenizer,
-        text_encoder_2=CLIPTextModelWithProjection(config), tokenizer_2=build_tokenizer(),
+        vae=_vae(16, 1.5305, 0.0609, quant_convs=False), text_encoder=CLIPTextModelWithProjection(config),
+        tokenizer=tokenizer, text_encoder_2=CLIPTextModelWithProjection(config), tokenizer_2=build_tokenizer(),
         text_encoder_3=_t5_encoder(t5_tokenizer), tokenizer_3=t5_tokenizer)
 
 
@@ -162,12 +158,15 @@ def _flux() -> FluxPipeline:
                                          pooled_projection_dim=CLIP_WIDTH, guidance_embeds=True,
                                          axes_dims_rope=(4, 4, 8))
     return FluxPipeline(
-        scheduler=FlowMatchEulerDiscreteScheduler.from_config(FLUX_SCHEDULER_CONFIG), vae=_vae(16, 0.3611, 0.1159),
-        text_encoder=CLIPTextModel(_clip_config(tokenizer)), tokenizer=tokenizer,
+        scheduler=FlowMatchEulerDiscreteScheduler.from_config(FLUX_SCHEDULER_CONFIG),
+        vae=_vae(16, 0.3611, 0.1159, quant_convs=False), text_encoder=CLIPTextModel(_clip_config(tokenizer)),
+        tokenizer=tokenizer,
         text_encoder_2=_t5_encoder(t5_tokenizer), tokenizer_2=t5_tokenizer, transformer=transformer)
 
 
-BUILDERS = {"sd": _sd, "sdxl": _sdxl, "sd3": _sd3, "flux": _flux}
+_BUILDERS = {"sd": _sd, "sdxl": _sdxl, "sd3": _sd3, "flux": _flux}
+FAMILIES = tuple(_BUILDERS)
+"""What `build_tiny_pipeline` makes: SD 1.x, SDXL, SD 3.x, FLUX.1."""
 
 
 def build_tiny_pipeline(family: str, out_dir: Path, seed: int = 0) -> Path:
@@ -176,14 +175,14 @@ def build_tiny_pipeline(family: str, out_dir: Path, seed: int = 0) -> Path:
     out_dir must be new or empty, so a folder never mixes two builds. The components are made in a fixed
     order under one seed, and the caller's global RNG state is restored afterwards.
     """
-    if family not in BUILDERS:
+    if family not in _BUILDERS:
         raise ValueError(f"family: unknown family {family!r}; allowed: {', '.join(FAMILIES)}")
     out_dir = Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise FileExistsError(f"OUT_DIR: {out_dir} exists and is not an empty folder; name a new or empty folder")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        pipe: DiffusionPipeline = BUILDERS[family]()
+        pipe: DiffusionPipeline = _BUILDERS[family]()
     pipe.save_pretrained(out_dir, safe_serialization=True)
     return out_dir
 
@@ -209,4 +208,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()
