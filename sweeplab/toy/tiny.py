@@ -39,13 +39,13 @@ from transformers import (CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjec
 from sweeplab.toy.build import SD15_SCHEDULER_CONFIG
 from sweeplab.toy.tokenizer import MODEL_MAX_LENGTH, WORDS, build_tokenizer
 
-T5_MAX_LENGTH = 512  # FLUX.1's tokenizer_2 and SD 3's tokenizer_3 model_max_length
+T5_MAX_LENGTH = 512  # T5's model_max_length, as FLUX.1's tokenizer_2 has it
 CLIP_WIDTH = 32  # hidden size of every tiny CLIP text encoder
 T5_WIDTH = 64  # d_model of the tiny T5 encoder: the joint attention width of SD 3 and FLUX
 SD3_POSITIONS = 64  # SD 3's pos_embed_max_size: 64 patches of 2 latent pixels, 1024 px at most
 
 # The hub folders' scheduler configs (stabilityai/stable-diffusion-xl-base-1.0, stabilityai/stable-diffusion-3.5-medium,
-# black-forest-labs/FLUX.1-dev), the keys that differ from the class defaults.
+# black-forest-labs/FLUX.1-dev); the keys left out have the class defaults.
 SDXL_SCHEDULER_CONFIG = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
                          "num_train_timesteps": 1000, "steps_offset": 1, "timestep_spacing": "leading",
                          "interpolation_type": "linear", "prediction_type": "epsilon", "use_karras_sigmas": False}
