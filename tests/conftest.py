@@ -58,6 +58,23 @@ def toy_model():
     return PipelineCache().get(ModelSource("toy", TOY_VERSION), "cpu", torch.float32)
 
 
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A function FAMILY -> the folder of that family's tiny random-weight pipeline (sweeplab.toy.tiny, seed 0),
+    built once per test session: sd, sdxl, sd3, flux."""
+    from sweeplab.toy.tiny import build_tiny_pipeline
+
+    root = tmp_path_factory.mktemp("tiny-models")
+    built: dict[str, Path] = {}
+
+    def _folder(family: str) -> Path:
+        if family not in built:
+            built[family] = build_tiny_pipeline(family, root / family)
+        return built[family]
+
+    return _folder
+
+
 @pytest.fixture
 def sweeplab_cli(tmp_path):
     """Run the installed `sweeplab` console script in a separate process, in tmp_path by default."""
