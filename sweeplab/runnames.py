@@ -55,8 +55,9 @@ def plan_run_names(jobs: list) -> None:
 
 
 def full_name(asked: dict) -> str:
-    """A lone trial's name: the values people look for first."""
-    return (f"{asked['model']} {asked['sampler']} strength={_shown([asked['strength']])[0]} steps={asked['steps']} "
+    """A lone trial's name: the values people look for first; a model.path by its folder or file name."""
+    model = _shown([asked["model.path"]])[0] if asked["model.path"] else asked["model"]
+    return (f"{model} {asked['sampler']} strength={_shown([asked['strength']])[0]} steps={asked['steps']} "
             f"seed={asked['seed']}")
 
 
