@@ -86,3 +86,82 @@ def test_hub_models_need_their_family_when_the_cache_cannot_tell(compose_config,
     assert trial.spec.params()["model"] == "black-forest-labs/FLUX.1-dev"
     with pytest.raises(ConfigError, match=r"^width: 72 is not a positive multiple of 16"):
         prepare_trial(compose_config("model=flux_dev", "sampler=flow_euler", "width=72", "height=64"))
+
+
+EULER = {"sd": "k_euler", "sdxl": "k_euler", "sd3": "flow_euler", "flux": "flow_euler"}
+HEUN = {"sd": "k_heun", "sdxl": "k_heun", "sd3": "flow_heun"}  # FLUX's img2img pipeline refuses Heun
+
+
+@pytest.fixture(scope="module")
+def models():
+    from sweeplab.models import PipelineCache
+
+    return PipelineCache()
+
+
+def run_tiny(compose_config, models, folder, *overrides):
+    import torch
+
+    from sweeplab.runner import run_trial
+
+    trial = prepare_trial(compose_config(f"model.path={folder}", "width=64", "height=64", "steps=4", "seed=7",
+                                         "prompt=a red circle", *overrides))
+    return trial, run_trial(trial, models.get(trial.spec.model_source, "cpu", torch.float32))
+
+
+@pytest.mark.parametrize("family", ["sd", "sdxl", "sd3", "flux"])
+def test_every_family_runs_a_trial_through_model_path(compose_config, models, tiny_model_dir, family):
+    folder = tiny_model_dir(family)
+    channels = FAMILIES[family].latent_channels
+    for strength in (0.5, 1.0):
+        trial, result = run_tiny(compose_config, models, folder, f"sampler={EULER[family]}", f"strength={strength}")
+        assert trial.spec.params()["model_family"] == family
+        assert result.steps_taken == int(4 * strength)  # diffusers' get_timesteps, every family
+        assert result.denoiser_evals == result.steps_taken  # a first-order sampler: one evaluation per step
+        assert result.start_latent.shape == (channels, 8, 8)  # FLUX's packed tokens unpacked
+        assert result.step_latents.shape == (result.steps_taken, channels, 8, 8)
+        assert result.start_image.size == (8, 8) and len(result.step_images) == result.steps_taken
+        assert result.output.size == (64, 64)
+    decoded = run_tiny(compose_config, models, folder, f"sampler={EULER[family]}", "preview.method=vae")[1]
+    assert decoded.start_image.size == (64, 64)  # the family's VAE decodes its own latents (16-channel ones too)
+
+
+@pytest.mark.parametrize("family", ["sd", "sd3"])
+def test_a_second_order_sampler_counts_steps_and_evaluations_apart(compose_config, models, tiny_model_dir, family):
+    _, heun = run_tiny(compose_config, models, tiny_model_dir(family), f"sampler={HEUN[family]}", "strength=0.75")
+    assert (heun.steps_taken, heun.denoiser_evals) == (3, 5)  # Heun: 2 evaluations per step, the last one Euler
+
+
+def test_flux_refuses_heun_and_negative_prompts_before_loading(compose_config, tiny_model_dir):
+    folder = tiny_model_dir("flux")
+    with pytest.raises(ConfigError, match=r"^sampler: flow_heun \(FlowMatchHeunDiscreteScheduler\) cannot run FLUX.1 "
+                                          r"models \(model family flux\); samplers for flux: flow_euler$"):
+        prepare_trial(compose_config(f"model.path={folder}", "sampler=flow_heun", "width=64", "height=64"))
+
+
+def test_a_sweep_over_two_families_logs_steps_evaluations_and_bytes_of_its_process(
+        sweeplab_cli, tmp_path, tiny_model_dir, compose_config, models):
+    """`sweeplab -m model.path=SD3,FLUX`: each trial in its family's pipeline, in another process than this one."""
+    import io
+
+    from mlflow import MlflowClient
+
+    folders = {family: tiny_model_dir(family) for family in ("sd3", "flux")}
+    done = sweeplab_cli("-m", f"model.path={folders['sd3']},{folders['flux']}", "sampler=flow_euler", "width=64",
+                        "height=64", "steps=4", "strength=0.5", "seed=7", "prompt=a red circle",
+                        "tracking.experiment=families")
+    assert done.returncode == 0, done.stderr[-2000:]
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("families")
+    runs = [run for run in client.search_runs([experiment.experiment_id]) if "model_family" in run.data.params]
+    by_family = {run.data.params["model_family"]: run for run in runs}
+    assert sorted(by_family) == ["flux", "sd3"]
+    for family, run in by_family.items():
+        assert run.info.status == "FINISHED"
+        assert run.data.params["model"] == folders[family].name
+        assert (run.data.metrics["steps_taken"], run.data.metrics["denoiser_evals"]) == (2, 2)
+        logged = client.download_artifacts(run.info.run_id, "output.png", str(tmp_path / family))
+        _, here = run_tiny(compose_config, models, folders[family], "sampler=flow_euler", "strength=0.5")
+        buffer = io.BytesIO()
+        here.output.save(buffer, format="PNG")
+        assert open(logged, "rb").read() == buffer.getvalue()  # the same bytes in two processes

@@ -93,16 +93,18 @@ def test_seed_changes_the_output(run):
     assert png_bytes(first.output) != png_bytes(second.output)
 
 
-def test_sampler_swap_reuses_the_loaded_model(compose_config):
+def test_sampler_swap_reuses_the_loaded_model_and_never_changes_it(compose_config):
     from sweeplab.models import PipelineCache
 
     cache = PipelineCache()
     loaded, unets = [], []
-    for sampler in ("k_lms", "k_heun", "ddim"):
+    for sampler, evals in (("k_lms", 4), ("k_heun", 7), ("ddim", 4)):
         trial = prepare_trial(compose_config(*DOC_TRIAL, "strength=0.4", f"sampler={sampler}"))
         model = cache.get(trial.spec.model_source, "cpu", torch.float32)
-        run_trial(trial, model)
-        assert type(model.pipe.scheduler).__name__ == trial.spec.scheduler
+        own_scheduler = model.pipe.scheduler
+        result = run_trial(trial, model)
+        assert (result.steps_taken, result.denoiser_evals) == (4, evals)  # the trial's sampler ran (Heun: 2n-1)
+        assert model.pipe.scheduler is own_scheduler  # each trial runs on its own pipeline object and scheduler
         loaded.append(model)
         unets.append(model.pipe.unet)
     assert loaded[0] is loaded[1] is loaded[2]
