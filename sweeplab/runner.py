@@ -16,6 +16,7 @@ from PIL import Image
 from sweeplab.models import LoadedModel
 from sweeplab.noise import NoiseVariation
 from sweeplab.render import LatentRenderer
+from sweeplab.schedule import NoiseSchedule
 from sweeplab.trial import Trial
 
 
@@ -29,6 +30,7 @@ class TrialResult:
     start_latent: torch.Tensor  # [4, h, w]: the noised init image the denoiser starts from
     step_latents: torch.Tensor  # [steps_taken, 4, h, w]: the latent after each denoising step
     step_timesteps: list[float]  # the timestep each recorded step started from
+    schedule: NoiseSchedule  # the sampler's whole schedule and where the trial entered it (logged as schedule.json)
     steps_taken: int
     unet_evals: int
     seconds: float  # wall time of the pipeline call, shared equally by the trials of a batch
@@ -156,6 +158,7 @@ def run_batch(trials: list[Trial], loaded: LoadedModel, progress_desc: str | Non
     seconds = (time.perf_counter() - started) / len(trials)
 
     step_latents, step_timesteps = steps.completed()
+    schedule = NoiseSchedule.from_pipeline(pipe)
     renderer = LatentRenderer(trials[0].preview.method, pipe, loaded.latent_rgb)
     results = []
     for index, (trial, output) in enumerate(zip(trials, outputs)):
@@ -168,6 +171,7 @@ def run_batch(trials: list[Trial], loaded: LoadedModel, progress_desc: str | Non
             start_latent=start_latent,
             step_latents=latents,
             step_timesteps=step_timesteps,
+            schedule=schedule,
             steps_taken=len(latents),
             unet_evals=unet_evals.count,
             seconds=seconds,
