@@ -11,7 +11,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from conftest import REPO, assert_same_bytes, report_cli
+from conftest import REPO, assert_same_bytes, regenerate_figures
 from sweeplab.report.runs import PARAM_KEYS, ReportError
 from sweeplab.report.tutorial import tutorial_counts, tutorial_figures
 
@@ -30,9 +30,7 @@ def write_small_experiment(cwd: Path) -> None:
 
 
 def regenerate(cwd: Path, out: Path):
-    done = report_cli("tutorial-figures", "--experiment", EXPERIMENT, "--run-missing", "--out", str(out), cwd=cwd)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done
+    return regenerate_figures("tutorial-figures", EXPERIMENT, cwd, out)
 
 
 @pytest.fixture(scope="module")

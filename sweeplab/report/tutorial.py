@@ -22,7 +22,8 @@ from sweeplab.tracking import SCHEDULE_ARTIFACT
 
 AXES = ("steps", "strength", "prompt")  # what the experiment may vary; everything else is one trial's setting
 TUTORIAL_OFFSET = 1  # SD's scheduler config `steps_offset`, which the tutorial's code added to the noise steps
-TUTORIAL_EXAMPLES = ((0.8, 40), (0.5, 25))  # (strength, noise steps) the tutorial names at 50 steps
+TUTORIAL_STEPS = 50  # the steps the tutorial illustrates with
+TUTORIAL_EXAMPLES = ((0.8, 40), (0.5, 25))  # (strength, noise steps) the tutorial names at its 50 steps
 DIFFUSERS_COUNT = ("Where diffusers' count comes from: StableDiffusionImg2ImgPipeline.get_timesteps keeps "
                    "int(steps x strength) steps of the schedule and starts at entry steps - int(steps x strength); "
                    "prepare_latents adds noise to the init image's latent at that entry's level (scheduler.add_noise), "
@@ -57,7 +58,8 @@ class TutorialRuns:
         if row["status"] != "FINISHED":
             return None
         if row["run_id"] not in self._schedules:
-            self._schedules[row["run_id"]] = NoiseSchedule.from_json(self.artifacts.text(row["run_id"], SCHEDULE_ARTIFACT))
+            logged = self.artifacts.text(row["run_id"], SCHEDULE_ARTIFACT)
+            self._schedules[row["run_id"]] = NoiseSchedule.from_json(logged)
         return self._schedules[row["run_id"]]
 
 
@@ -79,7 +81,7 @@ def tutorial_figures(frame: pd.DataFrame, artifacts: Artifacts, experiment: str,
     rows = []
     for section in SECTIONS:
         rows += section(runs)
-    report.data = pd.DataFrame(rows).sort_values(["figure", "prompt", "steps", "strength"], kind="stable")
+    report.data = pd.DataFrame(rows)
     return report
 
 
@@ -116,7 +118,7 @@ def _ladder_label(row, schedule: NoiseSchedule | None) -> str:
 
 def _tutorial_examples(trials: pd.DataFrame, schedules: list, steps: int) -> list[str]:
     """The tutorial's own numbers beside what this run measured, where the experiment has those strengths."""
-    if steps != 50:
+    if steps != TUTORIAL_STEPS:
         return []
     sentences = []
     for strength, said in TUTORIAL_EXAMPLES:
@@ -124,8 +126,8 @@ def _tutorial_examples(trials: pd.DataFrame, schedules: list, steps: int) -> lis
                  if row["strength"] == strength and schedule]
         for row, schedule in found:
             noise, entry, _ = tutorial_counts(steps, strength)
-            sentences.append(f"Strength {strength:g}: the tutorial adds {said} steps of noise ({noise} with the offset, "
-                             f"entry {entry}); diffusers noised to entry {schedule.start_index} (timestep "
+            sentences.append(f"Strength {strength:g}: the tutorial adds {said} steps of noise ({noise} with the "
+                             f"offset, entry {entry}); diffusers noised to entry {schedule.start_index} (timestep "
                              f"{schedule.start_timestep:g}, sigma {schedule.start_sigma:.3f}) and took "
                              f"{row['steps_taken']} steps.")
     return sentences
@@ -163,7 +165,8 @@ def noise_schedule(runs: TutorialRuns) -> list[dict]:
         report.text(f"No trial at {steps} steps finished: there is no schedule to draw.")
         return []
     curve = logged[0][1]
-    marks = [Mark(schedule.start_index, schedule.start_sigma, format_value(row["strength"])) for row, schedule in logged]
+    marks = [Mark(schedule.start_index, schedule.start_sigma, format_value(row["strength"]))
+             for row, schedule in logged]
     title = f"{curve.scheduler}, {steps} steps: noise level at each step, and where each strength starts"
     chart = line_chart(title, curve.sigmas, "step of the schedule (0: the noisiest)", "sigma", marks,
                        "a strength's start (its start latent's noise level)")
@@ -180,11 +183,12 @@ def art_from_a_doodle(runs: TutorialRuns) -> list[dict]:
     report, steps = runs.report, runs.ladder_steps
     trials = runs.at(steps, one_prompt=False)
     report.heading(f"Art from a doodle: {steps} steps")
-    first = trials.iloc[0]
-    report.text(f"One doodle ({first['init_image']}), {trials['prompt'].nunique()} prompts, strength from "
+    report.text(f"One doodle ({trials['init_image'].iloc[0]}), {trials['prompt'].nunique()} prompts, strength from "
                 f"{trials['strength'].min():g} to {trials['strength'].max():g}: the higher the strength, the more "
                 "the output leaves the drawing, and the more the prompt decides.")
-    report.picture(runs.build.picture(first, "init", ["init_image"], display=runs.thumb))
+    finished = trials[trials["status"] == "FINISHED"]
+    if len(finished):
+        report.picture(runs.build.picture(finished.iloc[0], "init", ["init_image"], display=runs.thumb))
     add_grids(report, trials, runs.artifacts, ["strength", "prompt"], style=GridStyle(cell=runs.thumb))
     return [_csv_row("art from a doodle", row, runs.schedule(row)) for _, row in trials.iterrows()]
 
