@@ -1,5 +1,6 @@
 # Two commands: `make demo` (set up and run a demo sweep) and `make test`;
-# `make figures` regenerates reports/invokeai_img2img/ (the InvokeAI img2img doc's figures);
+# `make figures` regenerates reports/invokeai_img2img/ (the InvokeAI img2img doc's figures) and
+# reports/img2img_tutorial/ (the figures of Chris McCormick's "How img2img Diffusion Works");
 # `make toy-train` retrains the shipped toy model (79 minutes on 2 CPU cores), `make toy-eval` measures it.
 PYTHON ?= python3
 VENV ?= .venv
@@ -26,6 +27,7 @@ demo: install
 
 figures: install
 	$(VENV)/bin/sweeplab-report doc-figures --experiment invokeai_img2img --run-missing
+	$(VENV)/bin/sweeplab-report tutorial-figures --experiment img2img_tutorial --run-missing
 
 toy-train: install
 	$(PY) -m sweeplab.toy.train --workdir .toy-train --resume

@@ -18,6 +18,7 @@ from PIL import Image
 from sweeplab.models import LoadedModel
 from sweeplab.noise import NoiseVariation
 from sweeplab.render import LatentRenderer
+from sweeplab.schedule import NoiseSchedule
 from sweeplab.trial import Trial
 from sweeplab.trialscheduler import TrialScheduler
 
@@ -32,6 +33,7 @@ class TrialResult:
     start_latent: torch.Tensor  # [channels, h, w]: the noised init image the denoiser starts from
     step_latents: torch.Tensor  # [steps_taken, channels, h, w]: the latent after each denoising step
     step_timesteps: list[float]  # the timestep each recorded step started from
+    schedule: NoiseSchedule  # the sampler's whole schedule and where the trial entered it (logged as schedule.json)
     steps_taken: int
     denoiser_evals: int  # forward calls of the UNet or transformer
     seconds: float  # wall time of the pipeline call, shared equally by the trials of a batch
@@ -152,6 +154,7 @@ def run_batch(trials: list[Trial], loaded: LoadedModel, progress_desc: str | Non
 
     step_latents, step_timesteps = steps.completed(scheduler, first.steps)
     start_latents = scheduler.start_latent
+    schedule = NoiseSchedule.from_scheduler(scheduler.scheduler, iterations=len(steps.latents))
     if family.packed_latents:  # FLUX's latents are 2x2 patch tokens; recorded as [channels, h, w] like the others
         def unpack(latents: torch.Tensor) -> torch.Tensor:
             return type(pipe)._unpack_latents(latents, first.height, first.width, pipe.vae_scale_factor)
@@ -171,6 +174,7 @@ def run_batch(trials: list[Trial], loaded: LoadedModel, progress_desc: str | Non
             start_latent=start_latent,
             step_latents=latents,
             step_timesteps=step_timesteps,
+            schedule=schedule,
             steps_taken=len(latents),
             denoiser_evals=evals.count,
             seconds=seconds,

@@ -49,6 +49,7 @@ BATCH_SIZE_TAG = "sweeplab.batch_size"  # trials that shared the pipeline call (
 SEARCH_PAGE = 1000  # MLflow's largest page of search_runs and of log_batch tags
 VERSION_TAG = "sweeplab.version"  # the installed package's version
 OUTPUT_ARTIFACT = "output.png"  # a trial's output image: what resume checks is still there
+SCHEDULE_ARTIFACT = "schedule.json"  # the sampler's timesteps and noise levels, and where the trial entered them
 OUTPUT_SHA256_TAG = "sweeplab.output_sha256"  # sha256 of the logged output.png: compares runs of one config hash
 # Where a trial ran, as tags and not in its config hash: none of them names the trial, each can change the low
 # bits of its output (the same trial at OMP_NUM_THREADS=1 and 2 differs in a few pixels by one level).
@@ -274,6 +275,7 @@ class MlflowTracker:
             result.start_image.save(folder / "start.png")
             result.latent_strip.save(folder / "latent_strip.png")
             (folder / "config.yaml").write_text(OmegaConf.to_yaml(redact(config)))
+            (folder / SCHEDULE_ARTIFACT).write_text(result.schedule.to_json())
             save_file(
                 {"start": result.start_latent.half().contiguous(), "steps": result.step_latents.half().contiguous()},
                 str(folder / "latents.safetensors"),

@@ -42,10 +42,17 @@ def compose_config():
     return _compose
 
 
-def report_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+def report_cli(*args: str, cwd: Path, timeout: int = 900) -> subprocess.CompletedProcess:
     """`python -m sweeplab.report ARGS` (the same code as the sweeplab-report script) in cwd."""
     return subprocess.run([sys.executable, "-m", "sweeplab.report", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=900)
+                          timeout=timeout)
+
+
+def regenerate_figures(command: str, experiment: str, cwd: Path, out: Path) -> subprocess.CompletedProcess:
+    """A figure set's report with --run-missing into `out`, which must succeed (its trials may run first)."""
+    done = report_cli(command, "--experiment", experiment, "--run-missing", "--out", str(out), cwd=cwd, timeout=1800)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
 
 
 @pytest.fixture(scope="session")

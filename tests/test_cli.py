@@ -17,7 +17,8 @@ from PIL import Image
 from conftest import SWEEPLAB
 
 DOC_SWEEP = ["steps=10", "seed=1592514025", "width=384", "height=384", "sampler=k_lms", "prompt=fire"]
-TRIAL_ARTIFACTS = {"init.png", "output.png", "latents.safetensors", "latent_strip.png", "start.png", "config.yaml"}
+TRIAL_ARTIFACTS = {"init.png", "output.png", "latents.safetensors", "latent_strip.png", "start.png", "config.yaml",
+                   "schedule.json"}
 TRIAL_PARAMS = {"model", "sampler", "strength", "steps", "seed", "cfg_scale", "width", "height",
                 "prompt", "negative_prompt", "init_image"}
 

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from conftest import assert_same_bytes, browser_page
+from conftest import assert_same_bytes, browser_page, regenerate_figures
 
 EXPERIMENT = "invokeai_img2img"
 
@@ -23,9 +23,7 @@ def report_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 def regenerate(cwd: Path, out: Path) -> subprocess.CompletedProcess:
-    done = report_cli("doc-figures", "--experiment", EXPERIMENT, "--run-missing", "--out", str(out), cwd=cwd)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done
+    return regenerate_figures("doc-figures", EXPERIMENT, cwd, out)
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ import torch
 
 from sweeplab.runner import run_trial
 from sweeplab.samplers import scheduler_class
+from sweeplab.schedule import SIGMAS_FROM_ALPHAS, SIGMAS_OF_SCHEDULER
 from sweeplab.trial import prepare_trial
 
 SCHEDULERS = {"k_heun": "HeunDiscreteScheduler", "k_dpm_2": "KDPM2DiscreteScheduler", "plms": "PNDMScheduler",
@@ -115,3 +116,19 @@ def test_vae_preview_renders_full_resolution(run):
     result, _ = run("strength=0.4", "preview.method=vae", "preview.tile_size=32")
     assert result.start_image.size == (384, 384)
     assert result.latent_strip.size == (32 * 4, 32)
+
+
+@pytest.mark.parametrize("sampler", ["k_lms", "k_heun", "ddim"])
+def test_schedule_records_where_the_trial_entered_it(run, sampler):
+    """The whole schedule of the nominal steps, and the entry the denoising loop started from, for any sampler."""
+    result, pipe = run(f"sampler={sampler}", "strength=0.7")
+    schedule = result.schedule
+    assert schedule.scheduler == type(pipe.scheduler).__name__
+    assert len(schedule.timesteps) == len(schedule.sigmas) == len(pipe.scheduler.timesteps)
+    assert schedule.noise_steps == result.steps_taken == 7
+    assert schedule.start_index == 3 * schedule.order  # 10 - int(10 x 0.7) steps skipped, each `order` entries
+    if schedule.order == 1:  # first-order samplers complete a step at every entry: the first step starts there
+        assert schedule.start_timestep == result.step_timesteps[0]
+        assert all(a > b for a, b in zip(schedule.sigmas, schedule.sigmas[1:]))
+    assert schedule.sigma_source == (SIGMAS_FROM_ALPHAS if sampler == "ddim" else SIGMAS_OF_SCHEDULER)
+    assert schedule.from_json(schedule.to_json()) == schedule

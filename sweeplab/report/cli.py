@@ -6,6 +6,7 @@
     sweeplab-report strips --latest-sweep --experiment demo
     sweeplab-report chains --experiment sweeplab
     sweeplab-report doc-figures --experiment invokeai_img2img --run-missing
+    sweeplab-report tutorial-figures --experiment img2img_tutorial --run-missing
     sweeplab-report determinism --experiment demo
 """
 
@@ -37,6 +38,10 @@ SELECTION_ONLY_COMMANDS = (
     ("doc-figures", "the InvokeAI img2img doc's figure set for an experiment",
      "The InvokeAI img2img doc's figures: 10 steps at 0.7 vs 0.4, the compensated 50@0.4, 30@0.7 and 29@0.7, "
      "and why the step counts differ from the doc."),
+    ("tutorial-figures", "the img2img tutorial's figure set for an experiment",
+     "Chris McCormick's \"How img2img Diffusion Works\" figures: the noise ladder (the initial image SD sees at "
+     "each strength, at the experiment's most steps), the noise schedule with where each strength starts (at its "
+     "fewest steps, drawn from the runs' schedule.json) and art from a doodle (prompts x strengths)."),
     ("determinism", "trials whose runs gave different output bytes, and why",
      "Every trial (config hash) with FINISHED runs of different output bytes (tag sweeplab.output_sha256), with "
      "the environment tags that differ between them: device, dtype, torch threads, CPU kernels, library "
@@ -98,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def build_report(args, frame, artifacts, experiment: str, every_run):
     """Dispatch to the subcommand's report builder; `frame` has one run per trial, `every_run` all of them."""
-    from sweeplab.report import docfigures, gridpage, reports
+    from sweeplab.report import docfigures, gridpage, reports, tutorial
 
     if args.command == "determinism":
         return reports.determinism(every_run)
@@ -115,6 +120,8 @@ def build_report(args, frame, artifacts, experiment: str, every_run):
         return reports.strips(frame, artifacts)
     if args.command == "chains":
         return reports.chains(frame, artifacts, args.thumb)
+    if args.command == "tutorial-figures":
+        return tutorial.tutorial_figures(frame, artifacts, experiment, args.thumb)
     return docfigures.doc_figures(frame, artifacts, experiment, args.thumb)
 
 

@@ -188,19 +188,25 @@ class Artifacts:
                   if (run_id, name) not in self._images]
         bar = tqdm(wanted, desc="artifacts", unit="file", disable=not (wanted and self.progress), leave=False)
         for run_id, name in bar:
-            try:
-                local = self.client.download_artifacts(run_id, name, str(Path(self._tmp.name) / run_id))
-            except Exception as err:  # noqa: BLE001 - MLflow raises its own and OSError kinds for a missing file
-                raise ReportError(f"run {run_id} has no artifact {name} (its artifacts were deleted or never "
-                                  f"uploaded); rerun its trial: add --run-missing, or run the sweep again "
-                                  f"with resume=false") from err
-            with Image.open(local) as image:
+            with Image.open(self._download(run_id, name)) as image:
                 self._images[(run_id, name)] = image.convert("RGB")
 
     def image(self, run_id: str, name: str) -> Image.Image:
         if (run_id, name) not in self._images:
             self.fetch(pd.DataFrame({"run_id": [run_id], "status": ["FINISHED"]}), (name,))
         return self._images[(run_id, name)]
+
+    def text(self, run_id: str, name: str) -> str:
+        """A small text artifact of a finished run, such as its schedule.json."""
+        return self._download(run_id, name).read_text(encoding="utf-8")
+
+    def _download(self, run_id: str, name: str) -> Path:
+        try:
+            return Path(self.client.download_artifacts(run_id, name, str(Path(self._tmp.name) / run_id)))
+        except Exception as err:  # noqa: BLE001 - MLflow raises its own and OSError kinds for a missing file
+            raise ReportError(f"run {run_id} has no artifact {name} (its artifacts were deleted, never uploaded, "
+                              f"or logged by an older sweeplab); rerun its trial: add --run-missing, or run the sweep "
+                              f"again with resume=false") from err
 
     def close(self) -> None:
         self._tmp.cleanup()
