@@ -28,7 +28,7 @@ class TrialResult:
     """What one trial produced; plain data, no tracker involved."""
 
     output: Image.Image
-    init_image: Image.Image
+    init_image: Image.Image | None  # None: text-to-image
     mask: Image.Image | None  # white = redrawn (inpainting); None for plain img2img
     start_latent: torch.Tensor  # [channels, h, w]: the noised init image the denoiser starts from
     step_latents: torch.Tensor  # [steps_taken, channels, h, w]: the latent after each denoising step
@@ -124,12 +124,15 @@ def run_batch(trials: list[Trial], loaded: LoadedModel, progress_desc: str | Non
               if t.spec.varies_noise else None for t in trials),
         vae_dtype=loaded.pipe.vae.dtype,
     )
-    pipe = loaded.for_trial("inpaint" if first.inpaint else "img2img", scheduler)
+    kind = "text2img" if first.text2img else "inpaint" if first.inpaint else "img2img"
+    pipe = loaded.for_trial(kind, scheduler)
     pipe.set_progress_bar_config(desc=progress_desc, leave=False)
     call_args = inspect.signature(type(pipe).__call__).parameters
     negative_prompts = [t.spec.negative_prompt for t in trials]
-    extra = {"mask_image": trials[0].init.mask} if first.inpaint else {}
-    if "height" in call_args:  # pipelines that resize the init image to their own default size unless told
+    extra = {} if first.text2img else {"image": [t.init.rgb for t in trials], "strength": first.strength}
+    if first.inpaint:
+        extra["mask_image"] = trials[0].init.mask
+    if "height" in call_args:  # text-to-image, and img2img pipelines that would resize the init image to their default
         extra.update(width=first.width, height=first.height)
     steps = _StepRecorder()
     evals = _EvalCounter(loaded.denoiser)
@@ -138,8 +141,6 @@ def run_batch(trials: list[Trial], loaded: LoadedModel, progress_desc: str | Non
         outputs = pipe(
             prompt=[t.spec.prompt for t in trials],
             negative_prompt=negative_prompts if any(negative_prompts) else None,
-            image=[t.init.rgb for t in trials],
-            strength=first.strength,
             num_inference_steps=first.steps,
             guidance_scale=first.cfg_scale,
             generator=[torch.Generator("cpu").manual_seed(t.spec.seed) for t in trials],
@@ -169,8 +170,8 @@ def run_batch(trials: list[Trial], loaded: LoadedModel, progress_desc: str | Non
         start_latent = start_latents[index]
         results.append(TrialResult(
             output=output,
-            init_image=trial.init.rgb,
-            mask=trial.init.mask,
+            init_image=trial.init.rgb if trial.init else None,
+            mask=trial.init.mask if trial.init else None,
             start_latent=start_latent,
             step_latents=latents,
             step_timesteps=step_timesteps,

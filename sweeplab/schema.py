@@ -66,7 +66,7 @@ class SweeplabConfig:
     preview: PreviewConfig = field(default_factory=PreviewConfig)
     prompt: str = "fire"
     negative_prompt: str = ""
-    init_image: str = "fireplace"
+    init_image: Optional[str] = "fireplace"  # a path or a sketch name; null: text-to-image
     strength: float = 0.75
     steps: int = 50
     seed: int = 1592514025

@@ -260,7 +260,8 @@ class MlflowTracker:
         metrics = {"steps_taken": result.steps_taken, "denoiser_evals": result.denoiser_evals, "seconds": result.seconds}
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)
-            result.init_image.save(folder / "init.png")
+            if result.init_image is not None:  # text-to-image has none
+                result.init_image.save(folder / "init.png")
             if result.mask is not None:
                 result.mask.save(folder / "mask.png")
             result.output.save(folder / OUTPUT_ARTIFACT)

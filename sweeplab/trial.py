@@ -81,6 +81,7 @@ class TrialSpec:
     with_variations: tuple[tuple[int, float], ...] = ()
     steps_taken_target: int | None = None
     iteration: int = 0
+    text2img: bool = False  # no init image: the family's text-to-image pipeline from pure noise (strength 1.0)
     model_family: str = field(default="sd", metadata=DERIVED)  # sweeplab.families key, read from the model's files
 
     @property
@@ -110,7 +111,7 @@ class TrialSpec:
 @dataclass(frozen=True)
 class Trial:
     spec: TrialSpec
-    init: InitImage  # already at the trial's width x height; a mask means inpainting
+    init: InitImage | None  # already at the trial's width x height; a mask means inpainting; None: text-to-image
     preview: PreviewConfig
     warnings: tuple[str, ...] = ()
     iterations: int = 1  # the length of the chain this trial starts
@@ -128,6 +129,10 @@ class Trial:
 def prepare_trial(cfg: DictConfig) -> Trial:
     """Validate one trial's config, cheapest checks first, and load its init image."""
     conf = validate_config(cfg)
+    text2img = conf.init_image is None
+    if text2img:
+        _check_text2img(conf)
+        conf = replace(conf, strength=1.0)  # text-to-image starts from pure noise: all of the schedule
     steps = _resolve_steps(conf)
     _check_ranges(conf, steps)
     prompt, template = _resolve_prompt(conf)
@@ -136,19 +141,19 @@ def prepare_trial(cfg: DictConfig) -> Trial:
     model_source = resolve_model_source(conf.model)
     family = model_source.model_family
     _check_family(conf, family)
-    image = load_init_image(conf.init_image)
-    width, height = _trial_size(conf, image.rgb.width, image.rgb.height, family.size_multiple)
+    image = None if text2img else load_init_image(conf.init_image)
+    width, height = _trial_size(conf, *(image.rgb.size if image else (0, 0)), family.size_multiple)
     device = resolve_device(conf.device)
     dtype = resolve_dtype(conf.dtype, device)
     _check_memory(model_source, width, height, device, dtype)
     warnings = []
-    if min(image.rgb.size) < SMALL_SIDE:
+    if image is not None and min(image.rgb.size) < SMALL_SIDE:
         warnings.append(SMALL_IMAGE_WARNING.format(w=image.rgb.width, h=image.rgb.height))
     if steps > MANY_STEPS:
         warnings.append(f"steps: {steps} is unusually many (more than {MANY_STEPS}); this trial will take "
                         f"{int(steps * conf.strength)} denoising steps")
         log.warning("%s", warnings[-1])  # now, not after the long run
-    if image.mask is not None and (variations or conf.variation_amount > 0):
+    if image is not None and image.mask is not None and (variations or conf.variation_amount > 0):
         raise ConfigError("variation_amount/with_variations: not supported with a transparent (inpainting) init image")
     spec = TrialSpec(
         model=model_source.name,
@@ -159,8 +164,8 @@ def prepare_trial(cfg: DictConfig) -> Trial:
         scheduler_options=scheduler_options,
         prompt=prompt,
         negative_prompt=conf.negative_prompt,
-        init_image=conf.init_image,
-        init_image_sha256=image_digest(image),
+        init_image=conf.init_image or "null",  # as the user wrote it
+        init_image_sha256=image_digest(image) if image else "",
         strength=conf.strength,
         steps=steps,
         seed=conf.seed,
@@ -171,15 +176,27 @@ def prepare_trial(cfg: DictConfig) -> Trial:
         requested_dtype=conf.dtype,
         device=device,
         dtype=dtype,
-        inpaint=image.mask is not None,
+        inpaint=image is not None and image.mask is not None,
+        text2img=text2img,
         fit=conf.fit,
         variation_amount=conf.variation_amount,
         variation_seed=_variation_seed(conf),
         with_variations=variations,
         steps_taken_target=conf.steps_taken_target,
     )
-    init = resize_init_image(image, width, height)
+    init = resize_init_image(image, width, height) if image else None
     return Trial(spec, init, conf.preview, tuple(warnings), conf.iterations, template, conf.resume, conf.compile)
+
+
+def _check_text2img(conf: SweeplabConfig) -> None:
+    """What needs an init image fails in one line when there is none."""
+    if conf.width is None or conf.height is None:
+        raise ConfigError("width/height: text-to-image (init_image=null) has no image to take its size from; "
+                          "set width= and height=")
+    needs_image = {"fit": conf.fit, "iterations": conf.iterations > 1, "variation_amount": conf.variation_amount > 0, "with_variations": conf.with_variations}
+    for key, used in needs_image.items():
+        if used:
+            raise ConfigError(f"{key}: needs an init image (img2img); text-to-image (init_image=null) cannot use it")
 
 
 def _resolve_steps(conf: SweeplabConfig) -> int:
