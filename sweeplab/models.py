@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import struct
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -21,12 +20,13 @@ import torch
 from sweeplab import console
 from sweeplab.errors import ConfigError
 from sweeplab.families import FAMILIES, SD, ModelFamily, family_named, family_of_pipeline_class
+from sweeplab.lora import LoraAdapters
 from sweeplab.render import read_latent_rgb
+from sweeplab.safetensorsheader import read_safetensors_header
 from sweeplab.schema import ModelConfig
 
 SourceKind = Literal["toy", "folder", "single_file", "hub"]
 PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth")
-SAFETENSORS_HEADER_LIMIT = 100 * 1024 * 1024
 WEIGHT_SUFFIXES = (".safetensors", *PICKLE_SUFFIXES)
 HUB_PROBE_TIMEOUT_S = 5  # a model missing from the cache fails this soon without network, not after retries
 
@@ -212,17 +212,8 @@ def _hub_unreachable(endpoint: str) -> str | None:
 
 
 def _check_safetensors_header(path: Path, where: str) -> dict:
-    """Read the safetensors JSON header (8-byte length, then JSON) without loading tensors."""
-    try:
-        with path.open("rb") as handle:
-            (length,) = struct.unpack("<Q", handle.read(8))
-            if not 2 <= length <= SAFETENSORS_HEADER_LIMIT:
-                raise ValueError("bad header length")
-            header = json.loads(handle.read(length))
-    except (struct.error, ValueError, UnicodeDecodeError, OSError):
-        raise ConfigError(f"{where} is not a valid .safetensors file") from None
-    if not isinstance(header, dict):
-        raise ConfigError(f"{where} is not a valid .safetensors file")
+    """A checkpoint's header: valid, and naming at least one tensor."""
+    header = read_safetensors_header(path, where)
     if not set(header) - {"__metadata__"}:  # diffusers would look the model type up on the hub: a DNS error offline
         raise ConfigError(f"{where} holds no tensors (an empty safetensors header); expected a Stable Diffusion "
                           "checkpoint")
@@ -269,7 +260,8 @@ class LoadedModel:
     """A model's img2img pipeline plus what trials need beside it, kept for the life of a process.
 
     Trials never change these objects: each runs on its own pipeline object over the same modules
-    (`for_trial`), with its own scheduler.
+    (`for_trial`), with its own scheduler. The one exception is LoRA, which lives on the shared modules:
+    `lora` sets them to exactly the trial's adapters before each call.
     """
 
     pipe: object  # the family's img2img pipeline, as loaded
@@ -277,6 +269,10 @@ class LoadedModel:
     scheduler_config: dict  # the model's own scheduler config, the base of every sampler
     latent_rgb: tuple | None  # a fitted latent->RGB map shipped with the model (the toy's); else the family's
     _pipelines: dict = field(default_factory=dict, repr=False)  # pipeline kind -> pipeline over the same modules
+    lora: LoraAdapters = field(init=False, repr=False)  # the LoRA adapters loaded into the modules
+
+    def __post_init__(self):
+        self.lora = LoraAdapters(self.pipe, self.family.title)
 
     def pipeline(self, kind: str):
         """The img2img pipeline, or the family's inpainting or text-to-image pipeline over the same modules.
