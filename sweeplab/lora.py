@@ -13,6 +13,7 @@ import functools
 import hashlib
 import importlib.util
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -134,7 +135,9 @@ class LoraAdapters:
         """Load one file as an adapter; a LoRA whose layers are not all this model's fails in one line."""
         name = f"lora_{weights.sha256[:16]}"
         try:
-            self._pipe.load_lora_weights(weights.path, adapter_name=name)
+            with warnings.catch_warnings():  # peft's notice that a second adapter joins the first: lora=[a,b] asks that
+                warnings.filterwarnings("ignore", "Already found a `peft_config` attribute", UserWarning)
+                self._pipe.load_lora_weights(weights.path, adapter_name=name)
         except (ValueError, RuntimeError, KeyError) as err:  # peft's size mismatch, diffusers' format checks
             self._discard(name)
             first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

@@ -187,7 +187,9 @@ def test_a_sweep_over_lora_scales_logs_a_run_per_scale(sweeplab_cli, loras, tmp_
                         f"lora=[],[{style}:0],[{style}:0.8],[missing.safetensors:1]")
     assert done.returncode == 1, done.stderr[-3000:]
     assert "4 trials: 3 finished, 1 failed" in done.stderr
-    assert "error: trial #3 [lora=[missing.safetensors:1]]: lora: 'missing.safetensors' does not exist" in done.stderr
+    # One line before any model loads (Hydra shows the swept list value with its colon escaped).
+    assert ("lora=[missing.safetensors\\:1]]: lora: 'missing.safetensors' does not exist; expected a LoRA "
+            ".safetensors file\n") in done.stderr
     loads = [line for line in (done.stdout + done.stderr).splitlines() if "loaded on cpu" in line]
     assert len(loads) == 1, loads  # LoRA files come and go on the loaded model
     runs = {r.data.params.get("lora"): r for r in children(tmp_path) if r.info.status == "FINISHED"}
@@ -201,4 +203,5 @@ def test_a_sweep_over_lora_scales_logs_a_run_per_scale(sweeplab_cli, loras, tmp_
     assert "sweeplab.lora_sha256" not in runs[""].data.tags
     assert len({r.info.run_name for r in runs.values()}) == 3
     failed = [r for r in children(tmp_path) if r.info.status == "FAILED"]
-    assert [r.data.tags["sweeplab.error"].split(";")[0] for r in failed] == ["lora: 'missing.safetensors' does not exist"]
+    assert [r.data.tags["sweeplab.error"].split(";")[0] for r in failed] == [
+        "lora: 'missing.safetensors' does not exist"]
