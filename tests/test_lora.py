@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers import StableDiffusionPipeline
+from PIL import Image
 from safetensors.torch import save_file
 
 from sweeplab.errors import ConfigError
@@ -19,6 +20,7 @@ from sweeplab.runner import run_trial
 from sweeplab.sweep import batch_key
 from sweeplab.trial import prepare_trial
 from test_engine import TINY, children
+from test_runner import png_bytes
 
 SMALL = ("width=64", "height=64", "steps=8", "strength=0.5", "sampler=k_euler", "seed=7", "prompt=fire")
 ATTENTION_PROJECTIONS = ("to_q", "to_k", "to_v", "to_out.0")
@@ -62,12 +64,6 @@ def loras(tmp_path_factory, toy_model) -> Path:
     return folder
 
 
-def png_bytes(image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 @pytest.fixture
 def run(compose_config, toy_model):
     def _run(*overrides: str) -> bytes:
@@ -77,8 +73,6 @@ def run(compose_config, toy_model):
 
 
 def mean_distance(first: bytes, second: bytes) -> float:
-    from PIL import Image
-
     pixels = [np.asarray(Image.open(io.BytesIO(data))).astype(float) for data in (first, second)]
     return float(np.abs(pixels[0] - pixels[1]).mean())
 
