@@ -9,6 +9,9 @@ from __future__ import annotations
 import logging
 import re
 
+# diffusers says this for every part of a pipeline a LoRA file does not touch (the text encoder of a UNet-only LoRA);
+# sweeplab counts the layers a LoRA file loaded into and fails in one line when they are not all of its layers.
+NO_LORA_KEYS = re.compile(r"No LoRA keys associated to \w+ found with the prefix=")
 NOTICES = {
     # diffusers' `ModelMixin.to(dtype)` says this on every cast, also when no module needs float32
     "diffusers.models.modeling_utils": re.compile(r"There are modules in \w+ that should be kept in float32: \[\]\."),
@@ -16,6 +19,8 @@ NOTICES = {
     "transformers.utils.import_utils": re.compile(
         r"`\w+` requires torchvision \(not installed\); falling back to `\w+Pil`"
     ),
+    "diffusers.loaders.lora_base": NO_LORA_KEYS,  # text encoders
+    "diffusers.loaders.peft": NO_LORA_KEYS,  # the denoiser
 }
 
 

@@ -323,7 +323,8 @@ class SweepEngine:
     # -- small helpers -----------------------------------------------------------------------------
 
     def _run_tags(self, planned: PlannedTrial, trial) -> dict[str, str]:
-        from sweeplab.tracking import COMPILE_TAG, CONFIG_HASH_TAG, environment_tags, overrides_tag, owner_tag
+        from sweeplab.tracking import (COMPILE_TAG, CONFIG_HASH_TAG, LORA_SHA256_TAG, environment_tags,
+                                       overrides_tag, owner_tag)
 
         spec = trial.spec
         tags = {
@@ -336,6 +337,8 @@ class SweepEngine:
         }
         if trial.prompt_template:
             tags["sweeplab.prompt_search"], tags["sweeplab.prompt_replace"] = trial.prompt_template
+        if spec.lora:
+            tags[LORA_SHA256_TAG] = ",".join(f"{weights.name}:{weights.sha256}" for weights in spec.lora)
         return tags
 
     def _label(self, planned: PlannedTrial) -> str:

@@ -20,6 +20,7 @@ import torch
 from sweeplab import console
 from sweeplab.errors import ConfigError
 from sweeplab.families import FAMILIES, SD, ModelFamily, family_named, family_of_pipeline_class
+from sweeplab.lora import LoraAdapters
 from sweeplab.render import read_latent_rgb
 from sweeplab.schema import ModelConfig
 from sweeplab.singlefile import single_file_family
@@ -242,7 +243,8 @@ class LoadedModel:
     """A model's img2img pipeline plus what trials need beside it, kept for the life of a process.
 
     Trials never change these objects: each runs on its own pipeline object over the same modules
-    (`for_trial`), with its own scheduler.
+    (`for_trial`), with its own scheduler. The one exception is LoRA, which lives on the shared modules:
+    `lora` sets them to exactly the trial's adapters before each call.
     """
 
     pipe: object  # the family's img2img pipeline, as loaded
@@ -250,6 +252,10 @@ class LoadedModel:
     scheduler_config: dict  # the model's own scheduler config, the base of every sampler
     latent_rgb: tuple | None  # a fitted latent->RGB map shipped with the model (the toy's); else the family's
     _pipelines: dict = field(default_factory=dict, repr=False)  # pipeline kind -> pipeline over the same modules
+    lora: LoraAdapters = field(init=False, repr=False)  # the LoRA adapters loaded into the modules
+
+    def __post_init__(self):
+        self.lora = LoraAdapters(self.pipe, self.family.title)
 
     def pipeline(self, kind: str):
         """The img2img pipeline, or the family's inpainting or text-to-image pipeline over the same modules.

@@ -17,10 +17,10 @@ from pathlib import PurePath
 from omegaconf import OmegaConf
 
 # What a name may show, in the order shown, as a user types it: `key=value`.
-NAMED_KEYS = ("model", "model.path", "model.hub_id", "model.variant", "sampler", "prompt", "prompt_search",
-              "prompt_replace", "negative_prompt", "init_image", "strength", "steps", "steps_taken_target", "seed",
-              "cfg_scale", "width", "height", "fit", "variation_amount", "variation_seed", "with_variations",
-              "iterations", "device", "dtype")
+NAMED_KEYS = ("model", "model.path", "model.hub_id", "model.variant", "lora", "lora_scale", "sampler", "prompt",
+              "prompt_search", "prompt_replace", "negative_prompt", "init_image", "strength", "steps",
+              "steps_taken_target", "seed", "cfg_scale", "width", "height", "fit", "variation_amount", "variation_seed",
+              "with_variations", "iterations", "device", "dtype")
 CONFIG_PATHS = {"model": "model.name", "sampler": "sampler.name"}  # a config group's key -> its option's name
 MAX_TEXT_CHARS = 20  # a prompt or a path is cut to this many characters (the config hash still tells them apart)
 HASH_CHARS = 6  # of the config hash, appended where two names would otherwise be the same
@@ -71,14 +71,19 @@ def _canonical(value) -> str:
     return repr(OmegaConf.to_container(value) if OmegaConf.is_config(value) else value)
 
 
+def _file_name(value) -> str:
+    """A path as its file name, also inside a list (`lora=[loras/style.safetensors:0.8]`); other values as they are."""
+    text = str(value)
+    return PurePath(text).name if "/" in text or "\\" in text else text
+
+
 def _shown(values: list) -> list[str]:
     """One key's values as short as they can be read: 0.5, k_heun, fireplace.png, 1:0.1,2:0.2; texts longer than
     MAX_TEXT_CHARS lose the words they all start with ("…backdrop", "…background"), then their end."""
     values = [OmegaConf.to_container(value) if OmegaConf.is_config(value) else value for value in values]
     if all(isinstance(value, float) for value in values):
         return [f"{value:g}" for value in values]
-    texts = [",".join(map(str, value)) if isinstance(value, list) else str(value) for value in values]
-    texts = [PurePath(text).name if "/" in text or "\\" in text else text for text in texts]
+    texts = [",".join(map(_file_name, value)) if isinstance(value, list) else _file_name(value) for value in values]
     if any(len(text) > MAX_TEXT_CHARS for text in texts):
         shared = os.path.commonprefix(texts)
         start = shared.rfind(" ") + 1 if len(set(texts)) > 1 else 0  # back to the start of the word they differ in

@@ -118,6 +118,7 @@ def run_batch(trials: list[Trial], loaded: LoadedModel, progress_desc: str | Non
     """
     first = trials[0].spec
     family = loaded.family
+    loaded.lora.activate(first.lora)  # the trials of a batch share their LoRA settings (sweep.batch_key)
     scheduler = TrialScheduler(
         new_scheduler(loaded, first.scheduler, first.scheduler_options),
         tuple(NoiseVariation(t.spec.with_variations, t.spec.variation_amount, t.spec.variation_seed)

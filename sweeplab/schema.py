@@ -86,6 +86,8 @@ class SweeplabConfig:
     prompt_replace: Optional[str] = None  # ... is replaced by this one
     resume: bool = True  # in a sweep, skip trials that already have a FINISHED run
     compile: bool = False  # torch.compile the denoiser (an execution setting: not part of the config hash)
+    lora: list[str] = field(default_factory=list)  # "path.safetensors:scale" LoRA files applied in the trial
+    lora_scale: float = 1.0  # the scale of a `lora` entry written without one
 
 
 # At the top level, outside the groups, so that they are never listed as options of `model` etc.

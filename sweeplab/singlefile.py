@@ -9,16 +9,14 @@ pipeline costs; a process that then loads the checkpoint pays that once either w
 
 from __future__ import annotations
 
-import json
-import struct
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from sweeplab import console
 from sweeplab.errors import ConfigError
+from sweeplab.safetensorsheader import read_safetensors_header
 
-SAFETENSORS_HEADER_LIMIT = 100 * 1024 * 1024
 # diffusers' name for a layout -> sweeplab's model family; any other layout is refused
 FAMILY_OF_MODEL_TYPE = {
     "v1": "sd", "v2": "sd", "inpainting": "sd", "inpainting_v2": "sd",
@@ -45,18 +43,9 @@ class SingleFileLayout:
     model_type: str  # diffusers' name (v1, v2, xl_refiner, sd35_large, flux-schnell, ...): the hub config it uses
 
 
-def read_safetensors_header(path: Path, where: str) -> dict:
-    """Read the safetensors JSON header (8-byte length, then JSON) without loading tensors."""
-    try:
-        with path.open("rb") as handle:
-            (length,) = struct.unpack("<Q", handle.read(8))
-            if not 2 <= length <= SAFETENSORS_HEADER_LIMIT:
-                raise ValueError("bad header length")
-            header = json.loads(handle.read(length))
-    except (struct.error, ValueError, UnicodeDecodeError, OSError):
-        raise ConfigError(f"{where} is not a valid .safetensors file") from None
-    if not isinstance(header, dict):
-        raise ConfigError(f"{where} is not a valid .safetensors file")
+def checkpoint_header(path: Path, where: str) -> dict:
+    """A checkpoint's safetensors header, naming at least one tensor."""
+    header = read_safetensors_header(path, where)
     if not set(header) - {"__metadata__"}:  # diffusers would look the model type up on the hub: a DNS error offline
         raise ConfigError(f"{where} holds no tensors (an empty safetensors header); expected a Stable Diffusion "
                           "checkpoint")
@@ -66,7 +55,7 @@ def read_safetensors_header(path: Path, where: str) -> dict:
 def single_file_layout(path: str | Path) -> SingleFileLayout:
     """The family and diffusers' layout name of a .safetensors checkpoint, from its header alone."""
     where = f"model.path: '{path}'"
-    header = read_safetensors_header(Path(path), where)
+    header = checkpoint_header(Path(path), where)
     console.quiet_library_notices()  # importing diffusers' loaders prints transformers' notices nobody can act on
     from diffusers.loaders.single_file_utils import infer_diffusers_model_type
 

@@ -123,8 +123,9 @@ def plan_trials(jobs: list[ComposedJob]) -> list[PlannedTrial]:
 def cost_key(trial) -> tuple:
     """Most expensive change first: the model (a load), then what changes shapes or kernels, then the sampler."""
     spec = trial.spec
-    return (spec.model_source.identity, spec.device, spec.dtype, trial.compile, spec.width, spec.height,
-            spec.inpaint, spec.scheduler, spec.sampler)
+    return (spec.model_source.identity, spec.device, spec.dtype, trial.compile,
+            tuple(weights.sha256 for weights in spec.lora),  # each LoRA file loads once per run of trials using it
+            spec.width, spec.height, spec.inpaint, spec.scheduler, spec.sampler)
 
 
 def raw_cost_key(job: ComposedJob) -> tuple:

@@ -45,6 +45,7 @@ SKIPPED_TAG_PREFIX = "sweeplab.skipped."  # on a parent run: config hash -> the 
 WARNINGS_TAG = "sweeplab.warnings"
 OWNER_TAG = "sweeplab.owner"  # host:pid of the process that ran the trial
 COMPILE_TAG = "sweeplab.compile"  # whether the denoiser ran through torch.compile (an execution setting)
+LORA_SHA256_TAG = "sweeplab.lora_sha256"  # `name.safetensors:sha256,...` of the LoRA files a trial used
 BATCH_SIZE_TAG = "sweeplab.batch_size"  # trials that shared the pipeline call (an execution setting, not identity)
 SEARCH_PAGE = 1000  # MLflow's largest page of search_runs and of log_batch tags
 VERSION_TAG = "sweeplab.version"  # the installed package's version

@@ -24,6 +24,7 @@ from sweeplab.images import (
     resize_init_image,
 )
 from sweeplab.families import ModelFamily
+from sweeplab.lora import LoraWeights, parse_loras
 from sweeplab.models import ModelSource, resolve_model_source, vae_channels
 from sweeplab.schema import PreviewConfig, SweeplabConfig, validate_config
 
@@ -82,6 +83,7 @@ class TrialSpec:
     steps_taken_target: int | None = None
     iteration: int = 0
     text2img: bool = False  # no init image: the family's text-to-image pipeline from pure noise (strength 1.0)
+    lora: tuple[LoraWeights, ...] = ()  # LoRA files and scales, in the order they were listed
     model_family: str = field(default="sd", metadata=DERIVED)  # sweeplab.families key, read from the model's files
 
     @property
@@ -94,6 +96,8 @@ class TrialSpec:
         }
         identity["model_source"] = self.model_source.identity
         identity["init_image"] = None  # the pixels count, not the path they came from
+        if self.lora:  # the file's bytes count, not its path
+            identity["lora"] = [[weights.sha256, weights.scale] for weights in self.lora]
         canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
@@ -105,6 +109,7 @@ class TrialSpec:
         """The values users compare runs by, as MLflow params."""
         params = {key: str(getattr(self, key)) for key in PARAM_KEYS}
         params["with_variations"] = ",".join(f"{seed}:{weight:g}" for seed, weight in self.with_variations)
+        params["lora"] = ",".join(weights.label for weights in self.lora)
         return params
 
 
@@ -137,6 +142,7 @@ def prepare_trial(cfg: DictConfig) -> Trial:
     _check_ranges(conf, steps)
     prompt, template = _resolve_prompt(conf)
     variations = _parse_variations(conf.with_variations)
+    loras = parse_loras(conf.lora, conf.lora_scale)
     scheduler_options = _check_sampler(conf)
     model_source = resolve_model_source(conf.model)
     family = model_source.model_family
@@ -183,6 +189,7 @@ def prepare_trial(cfg: DictConfig) -> Trial:
         variation_seed=_variation_seed(conf),
         with_variations=variations,
         steps_taken_target=conf.steps_taken_target,
+        lora=loras,
     )
     init = resize_init_image(image, width, height) if image else None
     return Trial(spec, init, conf.preview, tuple(warnings), conf.iterations, template, conf.resume, conf.compile)

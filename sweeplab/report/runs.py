@@ -19,7 +19,7 @@ from sweeplab.tracking import CONFIG_HASH_TAG, ERROR_TAG, SWEEP_TAG, resolve_tra
 
 # The InvokeAI options, with the values they have when unused (captions leave those out).
 OPTION_DEFAULTS = {"fit": "False", "iteration": 0, "variation_amount": 0.0, "variation_seed": None,
-                   "with_variations": "", "steps_taken_target": None}
+                   "with_variations": "", "steps_taken_target": None, "lora": ""}
 PARAM_KEYS = ("model", "sampler", "prompt", "negative_prompt", "init_image", "strength", "steps", "seed",
               "cfg_scale", "width", "height", *OPTION_DEFAULTS)
 NUMERIC_PARAMS = {"strength": "float64", "steps": "Int64", "seed": "Int64", "cfg_scale": "float64",
