@@ -51,7 +51,8 @@ MIN_OBJECT_SHARE = 0.01  # less than this is no object
 DEFAULT_STRENGTH = 0.75  # sweeplab's default strength, where layout preservation is measured too
 SATURATED = 0.4  # chroma (max minus min channel, in [0, 1]) from which a colour counts as saturated
 COLOUR_REACH = 4  # px: a colour the init image has this close to a pixel is not new there
-MIN_ARTEFACT_PIXELS = 16  # a new saturated region this large near the border is an artefact (trained-v3: 40 to 90)
+MIN_ARTEFACT_PIXELS = 16  # a new saturated region this large near the border is an artefact ...
+MAX_ARTEFACT_EXTENT = 0.25  # ... if it spans at most this share of the side each way: larger is a recoloured edge
 MAX_ARTEFACT_SHARE = 0.05  # target: at most this share of outputs with a border artefact
 
 
@@ -273,8 +274,9 @@ def distance_by_strength(sweep: StrengthSweep) -> dict:
 
 
 def border_artefact(output: Image.Image, init: Image.Image) -> int:
-    """Pixels of the largest connected region, within the border band, of saturated colour that is new: no pixel of
-    the init image within COLOUR_REACH px has that colour's name. 0 when there is none."""
+    """Pixels of the largest blob within the border band: a connected region of saturated colour that is new (no
+    pixel of the init image within COLOUR_REACH px has that colour's name) and spans at most MAX_ARTEFACT_EXTENT of
+    the side each way, since a longer one is an edge the model recoloured. 0 when there is none."""
     rgb = np.asarray(output.convert("RGB"), np.float64) / 255
     names = palette_classes(output)
     init_names = palette_classes(init.resize(output.size))
@@ -283,8 +285,11 @@ def border_artefact(output: Image.Image, init: Image.Image) -> int:
     new = (rgb.max(-1) - rgb.min(-1) >= SATURATED) & ~np.take_along_axis(near, names[None], 0)[0]
     band = max(1, int(min(names.shape) * BORDER))
     new[band:-band, band:-band] = False
-    regions, count = ndimage.label(new, structure=np.ones((3, 3), bool))
-    return int(np.bincount(regions.ravel())[1:].max()) if count else 0
+    regions, _ = ndimage.label(new, structure=np.ones((3, 3), bool))
+    extent = MAX_ARTEFACT_EXTENT * min(names.shape)
+    sizes = [int((regions[box] == label).sum()) for label, box in enumerate(ndimage.find_objects(regions), start=1)
+             if box[0].stop - box[0].start <= extent and box[1].stop - box[1].start <= extent]
+    return max(sizes, default=0)
 
 
 def border_artefacts(sweep: StrengthSweep) -> dict[str, int]:

@@ -3,7 +3,8 @@
     python -m sweeplab.toy.train --workdir /tmp/toy-train            # full run, resumable
     python -m sweeplab.toy.train --workdir /tmp/toy-train --resume   # continue from the checkpoint
 
-Stage 1 trains the 8x VAE on finished scenes and sketches at several scales; stage 2 trains
+Stage 1 trains the 8x VAE on finished scenes and sketches at several scales, keeping the decoder from
+learning a corner spike that beats its GroupNorm (`NormInputPeaks`, issue 20); stage 2 trains
 the UNet and the text encoder on pre-encoded latents of finished scenes, dropping captions
 now and then so that classifier-free guidance works. The UNet sees each scene at several
 sizes (128 to 384 px, a constant number of latent pixels per batch, like SDXL's buckets), so
@@ -96,6 +97,9 @@ class TrainConfig:
     def __post_init__(self):
         if self.prediction_type not in PREDICTION_TYPES:
             raise ValueError(f"prediction_type: {self.prediction_type!r} is not one of {', '.join(PREDICTION_TYPES)}")
+        if self.vae_peak_limit <= 0:
+            raise ValueError(f"vae_peak_limit: {self.vae_peak_limit} is not positive; it is a number of standard "
+                             "deviations, e.g. the default 12")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay: {self.ema_decay} is outside [0, 1); 0 turns the average off")
 
