@@ -11,10 +11,14 @@ Every scene here is held out: drawn from its own seed, never from the training o
   prompt can supply the asked colour. Share of outputs whose dominant object colour (the most
   common colour name other than the background's, which is read off the border; names by hue,
   so shading does not rename a colour) is the asked one.
-- **Layout preservation**: img2img at strength 0.5 from a shape sketch with its own caption;
-  the distance between the object's centroid (pixels named the object's colour) in the
-  sketch and in the output, as a share of the image side.
+- **Layout preservation**: img2img at strength 0.5, and at the default 0.75, from a shape sketch
+  with its own caption; the distance between the object's centroid (pixels named the object's
+  colour) in the sketch and in the output, as a share of the image side.
 - **Monotonicity**: the mean RMS pixel distance between output and init image, per strength.
+- **Border artefacts**: over the same outputs, the share that paint a blob near the border: a
+  connected region of saturated colour that the init image has nowhere near it, at least
+  `MIN_ARTEFACT_PIXELS` large, within the border band (issue 20: trained-v3 drew one in the
+  bottom-left corner of every output).
 
 Sampling is what a sweep does by default: k_lms, cfg_scale 7.5, a CPU generator per sample.
 """
@@ -32,6 +36,7 @@ import numpy as np
 import torch
 from diffusers import StableDiffusionImg2ImgPipeline
 from PIL import Image, ImageDraw
+from scipy import ndimage
 from tqdm import tqdm
 
 from sweeplab.samplers import KDiffusionLMSScheduler
@@ -43,6 +48,12 @@ PALETTE_NAMES = tuple(COLOURS)
 STRENGTHS = (0.2, 0.4, 0.6, 0.8, 0.9)
 BORDER = 0.06  # share of the side read as the border when finding the background colour
 MIN_OBJECT_SHARE = 0.01  # less than this is no object
+DEFAULT_STRENGTH = 0.75  # sweeplab's default strength, where layout preservation is measured too
+SATURATED = 0.4  # chroma (max minus min channel, in [0, 1]) from which a colour counts as saturated
+COLOUR_REACH = 4  # px: a colour the init image has this close to a pixel is not new there
+MIN_ARTEFACT_PIXELS = 16  # a new saturated region this large near the border is an artefact ...
+MAX_ARTEFACT_EXTENT = 0.25  # ... if it spans at most this share of the side each way: larger is a recoloured edge
+MAX_ARTEFACT_SHARE = 0.05  # target: at most this share of outputs with a border artefact
 
 
 @dataclass
@@ -64,8 +75,11 @@ class Figures:
     colour_adherence: float
     colour_samples: int
     colour_misses: dict  # "index: prompt" -> the colour drawn instead
-    median_centroid_shift: float  # share of the image side
+    median_centroid_shift: float  # share of the image side, at strength 0.5
+    median_centroid_shift_at_075: float  # the same at the default strength, 0.75
     distance_by_strength: dict  # strength -> mean RMS distance to the init image, pixels in [0, 1]
+    border_artefact_share: float  # share of the strength sweep's outputs with a border artefact
+    border_artefact_pixels: dict  # "index @ strength" -> the artefact's size, for each output that has one
 
     @property
     def strictly_rising(self) -> bool:
@@ -215,12 +229,13 @@ def colour_adherence(pipe, settings: Settings) -> tuple[float, dict, Samples]:
     return 1 - len(misses) / len(cases), misses, Samples(prompts, outputs)
 
 
-def centroid_shifts(pipe, settings: Settings) -> list[float]:
-    """Per shape sketch, how far the object's centroid moves at strength 0.5 (1.0 if the colour vanished)."""
+def centroid_shifts(pipe, settings: Settings, strength: float = 0.5) -> list[float]:
+    """Per shape sketch, how far the object's centroid moves at `strength` (1.0 if the colour vanished)."""
     scenes = held_out_scenes(settings.samples, settings.seed + 2, kind="shape")
     sketches = [render(scene, settings.size, sketch=True) for scene in scenes]
     prompts = [caption(scene, random.Random(scene.seed)) for scene in scenes]
-    outputs = img2img(pipe, prompts, sketches, _seeds(settings, len(scenes)), 0.5, settings, "layout at 0.5")
+    outputs = img2img(pipe, prompts, sketches, _seeds(settings, len(scenes)), strength, settings,
+                      f"layout at {strength}")
     shifts = []
     for scene, sketch, output in zip(scenes, sketches, outputs):
         before, after = centroid(sketch, scene.colour), centroid(output, scene.colour)
@@ -228,19 +243,61 @@ def centroid_shifts(pipe, settings: Settings) -> list[float]:
     return shifts
 
 
-def distance_by_strength(pipe, settings: Settings) -> tuple[dict, Samples]:
-    """Mean RMS pixel distance from the sketch, per strength, over scenes of every kind."""
+@dataclass
+class StrengthSweep:
+    """Sketches of scenes of every kind, each with its own caption, and their outputs at each of STRENGTHS."""
+
+    prompts: list[str]
+    inits: list[Image.Image] = field(repr=False)
+    outputs: dict[float, list[Image.Image]] = field(repr=False)  # strength -> one output per init
+
+    def samples(self) -> Samples:
+        """The first sketch and its outputs, for the sample sheet."""
+        return Samples([f"sketch: {self.prompts[0]}"] + [f"{self.prompts[0]} @ {s}" for s in self.outputs],
+                       [self.inits[0]] + [outputs[0] for outputs in self.outputs.values()])
+
+
+def strength_sweep(pipe, settings: Settings) -> StrengthSweep:
     scenes = held_out_scenes(settings.samples, settings.seed + 3)
     inits = [render(scene, settings.size, sketch=True) for scene in scenes]
     prompts = [caption(scene, random.Random(scene.seed)) for scene in scenes]
-    distances, shown = {}, Samples([f"sketch: {prompts[0]}"], [inits[0]])
-    for strength in STRENGTHS:
-        outputs = img2img(pipe, prompts, inits, _seeds(settings, len(inits)), strength, settings,
-                          f"distance at {strength}")
-        distances[strength] = round(float(np.mean([rms_distance(out, init) for out, init in zip(outputs, inits)])), 4)
-        shown.labels.append(f"{prompts[0]} @ {strength}")
-        shown.images.append(outputs[0])
-    return distances, shown
+    outputs = {strength: img2img(pipe, prompts, inits, _seeds(settings, len(inits)), strength, settings,
+                                 f"strength {strength}")
+               for strength in STRENGTHS}
+    return StrengthSweep(prompts, inits, outputs)
+
+
+def distance_by_strength(sweep: StrengthSweep) -> dict:
+    """Mean RMS pixel distance from the sketch, per strength."""
+    return {strength: round(float(np.mean([rms_distance(out, init) for out, init in zip(outputs, sweep.inits)])), 4)
+            for strength, outputs in sweep.outputs.items()}
+
+
+def border_artefact(output: Image.Image, init: Image.Image) -> int:
+    """Pixels of the largest blob within the border band: a connected region of saturated colour that is new (no
+    pixel of the init image within COLOUR_REACH px has that colour's name) and spans at most MAX_ARTEFACT_EXTENT of
+    the side each way, since a longer one is an edge the model recoloured. 0 when there is none."""
+    rgb = np.asarray(output.convert("RGB"), np.float64) / 255
+    names = palette_classes(output)
+    init_names = palette_classes(init.resize(output.size))
+    near = np.stack([ndimage.maximum_filter(init_names == index, size=2 * COLOUR_REACH + 1)
+                     for index in range(len(PALETTE_NAMES))])
+    new = (rgb.max(-1) - rgb.min(-1) >= SATURATED) & ~np.take_along_axis(near, names[None], 0)[0]
+    band = max(1, int(min(names.shape) * BORDER))
+    new[band:-band, band:-band] = False
+    regions, _ = ndimage.label(new, structure=np.ones((3, 3), bool))
+    extent = MAX_ARTEFACT_EXTENT * min(names.shape)
+    sizes = [int((regions[box] == label).sum()) for label, box in enumerate(ndimage.find_objects(regions), start=1)
+             if box[0].stop - box[0].start <= extent and box[1].stop - box[1].start <= extent]
+    return max(sizes, default=0)
+
+
+def border_artefacts(sweep: StrengthSweep) -> dict[str, int]:
+    """"index @ strength" -> the artefact's size in pixels, for each output of the sweep with a border artefact."""
+    sizes = {f"{index} @ {strength}": border_artefact(output, init)
+             for strength, outputs in sweep.outputs.items()
+             for index, (output, init) in enumerate(zip(outputs, sweep.inits))}
+    return {key: size for key, size in sizes.items() if size >= MIN_ARTEFACT_PIXELS}
 
 
 def rms_distance(image: Image.Image, init: Image.Image) -> float:
@@ -253,18 +310,22 @@ def _seeds(settings: Settings, count: int) -> list[int]:
 
 
 def evaluate(pipe, settings: Settings) -> tuple[Figures, list[Samples]]:
-    """All four figures, and the outputs to show beside them."""
+    """All the figures, and the outputs to show beside them."""
     adherence, misses, colours = colour_adherence(pipe, settings)
-    distances, strengths = distance_by_strength(pipe, settings)
+    sweep = strength_sweep(pipe, settings)
+    artefacts = border_artefacts(sweep)
     figures = Figures(
         vae_psnr_db=vae_psnr(pipe.vae, held_out_scenes(settings.samples, settings.seed), settings.size),
         colour_adherence=round(adherence, 4),
         colour_samples=settings.colour_samples,
         colour_misses=misses,
         median_centroid_shift=round(float(np.median(centroid_shifts(pipe, settings))), 4),
-        distance_by_strength=distances,
+        median_centroid_shift_at_075=round(float(np.median(centroid_shifts(pipe, settings, DEFAULT_STRENGTH))), 4),
+        distance_by_strength=distance_by_strength(sweep),
+        border_artefact_share=round(len(artefacts) / (len(sweep.inits) * len(STRENGTHS)), 4),
+        border_artefact_pixels=artefacts,
     )
-    return figures, [strengths, colours]
+    return figures, [sweep.samples(), colours]
 
 
 def sample_sheet(samples: list[Samples], tile: int = 128, columns: int = 6, limit: int = 24) -> Image.Image:
@@ -296,10 +357,13 @@ def main() -> None:
           f"(scenes {psnr_db['scenes']:.2f}, sketches {psnr_db['sketches']:.2f}); target >= 24")
     print(f"colour adherence at strength 1.0: {figures.colour_adherence:.1%} of {figures.colour_samples}; "
           "target >= 80%")
-    print(f"median centroid shift at strength 0.5: {figures.median_centroid_shift:.1%} of the side; target <= 10%")
+    print(f"median centroid shift at strength 0.5: {figures.median_centroid_shift:.1%} of the side, "
+          f"at {DEFAULT_STRENGTH}: {figures.median_centroid_shift_at_075:.1%}; target <= 10%")
     print("mean distance to init by strength: "
           + ", ".join(f"{s}: {d:.4f}" for s, d in figures.distance_by_strength.items())
           + f"; strictly rising over 0.2-0.8: {figures.strictly_rising}")
+    print(f"border artefacts (a new saturated region of >= {MIN_ARTEFACT_PIXELS} px within {BORDER:.0%} of the side "
+          f"of the border): {figures.border_artefact_share:.1%} of the outputs above; target <= {MAX_ARTEFACT_SHARE:.0%}")
     for path in filter(None, (args.json, args.sheet)):
         path.parent.mkdir(parents=True, exist_ok=True)
     if args.json:
