@@ -16,15 +16,17 @@ from sweeplab.report.runs import PARAM_KEYS, ReportError
 from sweeplab.report.tutorial import tutorial_counts, tutorial_figures
 
 EXPERIMENT = "tutorial_small"
-TRIALS = 2 * 3 * 2  # steps x strengths x prompts
+TRIALS = 2 * 2 * 4  # steps x prompts x (3 strengths from the doodle, then text-to-image)
 
 
 def write_small_experiment(cwd: Path) -> None:
-    """experiments/img2img_tutorial.yaml at 64x64: 10 instead of 20 steps, three strengths, its first two prompts."""
+    """experiments/img2img_tutorial.yaml at 64x64: 10 instead of 20 steps, three strengths and text-to-image, its
+    first two prompts."""
     config = yaml.safe_load((REPO / "experiments" / "img2img_tutorial.yaml").read_text())
     config.update(width=64, height=64, tracking={"log_step_images": False})
-    params = config["hydra"]["sweeper"]["params"]
-    params.update(steps="10,50", strength="0.5,0.8,1.0", prompt='","'.join(params["prompt"].split('","')[:2]) + '"')
+    grid, zipped = config["hydra"]["sweeper"]["grid_params"], config["hydra"]["sweeper"]["list_params"]
+    grid.update(steps="10,50", prompt='","'.join(grid["prompt"].split('","')[:2]) + '"')
+    zipped.update(strength=[0.5, 0.8, 1.0, 1.0], init_image=["fireplace", "fireplace", "fireplace", None])
     (cwd / "experiments").mkdir()
     (cwd / "experiments" / f"{EXPERIMENT}.yaml").write_text("# @package _global_\n" + yaml.safe_dump(config))
 
@@ -95,9 +97,18 @@ def test_art_from_a_doodle_grids_prompts_against_strengths(tutorial_store):
     doodle = text.split("## Art from a doodle: 50 steps")[1].split("## Strength 1.0")[0]
     assert "2 prompts, strength from 0.5 to 1" in doodle
     assert "tutorial-figures/grid-strength-prompt.png" in doodle
-    assert "Not regenerated yet" in text.split("## Strength 1.0 still sees the image")[1]
+    assert "tutorial-figures/strength-one-vs-text-to-image.png" in text.split("## Strength 1.0 still sees")[1]
     manifest = (out / "tutorial-figures" / "MANIFEST").read_text().splitlines()[1:]
     assert "tutorial-figures/noise-ladder.png" in manifest and "tutorial-figures.csv" in manifest
+
+
+def test_strength_one_is_set_beside_text_to_image_with_distances_to_the_doodle(tutorial_store):
+    _, out = tutorial_store
+    table = pd.read_csv(out / "tutorial-figures.csv")
+    compared = table[table["figure"].str.endswith("vs init image")].set_index(["prompt", "figure"])
+    assert len(compared) == 4 and compared["distance_to_init"].notna().all()  # 2 prompts x (img2img, text)
+    assert (compared["steps_taken"] == 50).all()
+    print(compared["distance_to_init"])
 
 
 def test_regenerating_after_deleting_the_store_gives_identical_bytes(tutorial_store):

@@ -2,14 +2,15 @@
 
 The experiment sweeps strength and prompt at two step counts: the noise ladder and the doodle's
 outputs come from the most steps (the tutorial illustrates with 50), the noise schedule from the
-fewest (its plot used 20). Each section is a function of the runs; the tutorial's "strength 1.0
-still sees the image" is a section that waits for a text-to-image trial type to compare against.
+fewest (its plot used 20), and "strength 1.0 still sees the image" from the text-to-image trials
+(init_image=null) beside strength 1.0. Each section is a function of the runs.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import pandas as pd
 
 from sweeplab.report.charts import Mark, line_chart
@@ -20,7 +21,8 @@ from sweeplab.report.runs import Artifacts, ReportError, format_value, varying_k
 from sweeplab.schedule import NoiseSchedule
 from sweeplab.tracking import SCHEDULE_ARTIFACT
 
-AXES = ("steps", "strength", "prompt")  # what the experiment may vary; everything else is one trial's setting
+AXES = ("steps", "strength", "prompt", "init_image")  # what the experiment may vary; the rest is one trial's setting
+TEXT_TO_IMAGE = "null"  # the init_image param of a text-to-image trial
 TUTORIAL_OFFSET = 1  # SD's scheduler config `steps_offset`, which the tutorial's code added to the noise steps
 TUTORIAL_STEPS = 50  # the steps the tutorial illustrates with
 TUTORIAL_EXAMPLES = ((0.8, 40), (0.5, 25))  # (strength, noise steps) the tutorial names at its 50 steps
@@ -38,14 +40,16 @@ class TutorialRuns:
     """The experiment's trials with their images and logged schedules, and which step count plays which part."""
 
     def __init__(self, frame: pd.DataFrame, artifacts: Artifacts, report: Report, thumb: int):
-        self.frame = frame
+        from_text = frame["init_image"] == TEXT_TO_IMAGE
+        self.frame = frame[~from_text]  # img2img from the doodle
+        self.text2img = frame[from_text]  # text-to-image with the same seed and prompts
         self.artifacts = artifacts
         self.report = report
         self.thumb = thumb
         steps = ordered_values(frame, "steps")
         self.ladder_steps, self.schedule_steps = steps[-1], steps[0]
         self.first_prompt = ordered_values(frame, "prompt")[0]
-        self.build = Builder(frame, artifacts, report, ("init", "start", "output"))
+        self.build = Builder(self.frame, artifacts, report, ("init", "start", "output"))
         self._schedules: dict[str, NoiseSchedule] = {}  # run id -> its logged schedule, read once
 
     def at(self, steps: int, one_prompt: bool) -> pd.DataFrame:
@@ -194,11 +198,51 @@ def art_from_a_doodle(runs: TutorialRuns) -> list[dict]:
 
 
 def strength_one_against_text_to_image(runs: TutorialRuns) -> list[dict]:
-    """The tutorial's 2.3: waits for a text-to-image trial type (the model families' pipeline class) to compare."""
-    runs.report.heading("Strength 1.0 still sees the image")
-    runs.report.text("Not regenerated yet: outputs at strength 1.0 beside text-to-image with the same seed and "
-                     "prompt need a text-to-image trial type, which sweeplab does not have yet.")
-    return []
+    """The tutorial's "strength 1.0 still sees the image": img2img at 1.0 beside text-to-image, same seed and prompt,
+    with each output's distance to the doodle."""
+    report, steps = runs.report, runs.ladder_steps
+    report.heading(f"Strength 1.0 still sees the image: {steps} steps")
+    image = runs.at(steps, one_prompt=False)
+    image = image[image["strength"] == 1.0]
+    text = runs.text2img[runs.text2img["steps"] == steps]
+    finished = image[image["status"] == "FINISHED"]
+    if text.empty or finished.empty:
+        report.text(f"The experiment has no text-to-image trials (init_image=null) or no finished strength 1.0 trial "
+                    f"at {steps} steps to compare.")
+        return []
+    report.text("At strength 1.0 img2img noises the init image's latent to the top of the schedule, where a little "
+                "of the image is left under the noise; text-to-image (init_image=null) starts from pure noise, with "
+                "the same seed and prompt. The distance is the mean absolute difference of each output to the init "
+                "image, per pixel and channel (0 to 255): the lower, the more of the drawing survived.")
+    init = runs.artifacts.image(finished.iloc[0]["run_id"], "init.png")
+    cells, labels, rows = [], [], []
+    for prompt in ordered_values(image, "prompt"):
+        pair = [image[image["prompt"] == prompt], text[text["prompt"] == prompt]]
+        row_cells, distances = [init], []
+        for trials, figure in zip(pair, ("strength 1.0", "text-to-image")):
+            row = trials.iloc[0] if len(trials) else None
+            ran = row is not None and row["status"] == "FINISHED"
+            output = runs.artifacts.image(row["run_id"], "output.png") if ran else None
+            row_cells.append(output if output is not None else FAILED)
+            distances.append(_distance(output, init))
+            if row is not None:
+                rows.append({**_csv_row(f"{figure} vs init image", row, runs.schedule(row)),
+                             "distance_to_init": distances[-1]})
+        cells.append(row_cells)
+        labels.append(f"{prompt}: " + ", ".join("failed" if d is None else f"{d:.1f}" for d in distances))
+    legend = (f"The init image, img2img at strength 1.0 and text-to-image, {steps} steps; each row: the prompt and "
+              "the two outputs' distances to the init image")
+    picture, _ = draw_grid(legend, ["init image", "img2img, strength 1.0", "text-to-image"], labels, cells,
+                           runs.thumb, runs.thumb, GridStyle(cell=runs.thumb))
+    report.picture(report.add_image("strength-one-vs-text-to-image", picture, legend))
+    return rows
+
+
+def _distance(output, init) -> float | None:
+    """Mean absolute difference per pixel and channel, 0 to 255; None without an output."""
+    if output is None:
+        return None
+    return round(float(np.abs(np.asarray(output, np.int16) - np.asarray(init.resize(output.size), np.int16)).mean()), 3)
 
 
 def _csv_row(figure: str, row, schedule: NoiseSchedule | None) -> dict:
@@ -215,7 +259,7 @@ def _csv_row(figure: str, row, schedule: NoiseSchedule | None) -> dict:
         "start_timestep": schedule.start_timestep if schedule else None,
         "start_sigma": round(schedule.start_sigma, 6) if schedule else None,
         "steps_taken": row["steps_taken"],
-        "unet_evals": row["unet_evals"],
+        "denoiser_evals": row["denoiser_evals"],
         "tutorial_noise_steps": tutorial_noise,
         "tutorial_steps_denoised": tutorial_denoised,
         "config_hash": row["config_hash"],
