@@ -87,7 +87,7 @@ def runs(folder: Path, experiment: str) -> list:
 def test_installed_face_version_help_and_completion(installed, empty_folder):
     assert run(installed, empty_folder, "--version").stdout.startswith(f"sweeplab {VERSION} (torch ")
     text = run(installed, empty_folder, "--help").stdout
-    assert "experiment: demo, invokeai_img2img, tree_on_a_hill\n" in text and "schema" not in text
+    assert "experiment: demo, img2img_tutorial, invokeai_img2img, tree_on_a_hill\n" in text and "schema" not in text
     completion = run(installed, empty_folder, "--shell-completion", "install=bash").stdout
     assert "hydra_bash_completion sweeplab" in completion
     assert sorted(path.name for path in empty_folder.iterdir()) == []  # none of these wrote anything
