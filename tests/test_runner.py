@@ -13,7 +13,7 @@ from sweeplab.schedule import SIGMAS_FROM_ALPHAS, SIGMAS_OF_SCHEDULER
 from sweeplab.trial import prepare_trial
 
 SCHEDULERS = {"k_heun": "HeunDiscreteScheduler", "k_dpm_2": "KDPM2DiscreteScheduler", "plms": "PNDMScheduler",
-              "k_euler": "EulerDiscreteScheduler"}
+              "k_euler": "EulerDiscreteScheduler", "k_lms": "KDiffusionLMSScheduler", "ddim": "DDIMScheduler"}
 DOC_TRIAL = ("steps=10", "width=384", "height=384", "seed=1592514025", "prompt=fire", "sampler=k_lms")
 
 
@@ -123,8 +123,10 @@ def test_schedule_records_where_the_trial_entered_it(run, sampler):
     """The whole schedule of the nominal steps, and the entry the denoising loop started from, for any sampler."""
     result, pipe = run(f"sampler={sampler}", "strength=0.7")
     schedule = result.schedule
-    assert schedule.scheduler == type(pipe.scheduler).__name__
-    assert len(schedule.timesteps) == len(schedule.sigmas) == len(pipe.scheduler.timesteps)
+    assert schedule.scheduler == SCHEDULERS[sampler]  # the trial's own scheduler, not the loaded pipeline's
+    fresh = scheduler_class(SCHEDULERS[sampler]).from_config(pipe.scheduler.config)
+    fresh.set_timesteps(10)
+    assert len(schedule.timesteps) == len(schedule.sigmas) == len(fresh.timesteps)
     assert schedule.noise_steps == result.steps_taken == 7
     assert schedule.start_index == 3 * schedule.order  # 10 - int(10 x 0.7) steps skipped, each `order` entries
     if schedule.order == 1:  # first-order samplers complete a step at every entry: the first step starts there

@@ -127,7 +127,7 @@ def test_help_describes_sweeplab_its_groups_keys_and_examples(sweeplab_cli, work
     groups = dict(line.split(": ", 1) for line in text.split("== Config groups: group=option ==\n\n")[1]
                   .split("\n\n")[0].splitlines())
     assert set(groups) == {"experiment", "model", "sampler", "tracking"}
-    assert groups["experiment"].split(", ") == ["demo", "invokeai_img2img", "mine", "tree_on_a_hill"]
+    assert groups["experiment"].split(", ") == ["demo", "img2img_tutorial", "invokeai_img2img", "mine", "tree_on_a_hill"]
     assert "my_toy" in groups["model"].split(", ") and "my_euler" in groups["sampler"].split(", ")
     for key_with_default in ("strength: 0.75\n", "steps: 50\n", "prompt: fire\n", "  allow_pickle: false\n"):
         assert key_with_default in text
