@@ -45,6 +45,10 @@ FLUX_LATENT_RGB = (
 )  # ComfyUI's FLUX.1 preview map
 
 
+FLOOR = "int(steps * strength)"  # SD 1.x/2.x and SDXL: the steps kept, rounded down
+FROM_SKIPPED = "steps - int(steps - steps * strength)"  # SD 3.x and FLUX: the steps skipped, rounded down
+
+
 @dataclass(frozen=True)
 class ModelFamily:
     name: str  # the `model.family` value and the `model_family` param
@@ -57,11 +61,18 @@ class ModelFamily:
     latent_channels: int
     packed_latents: bool  # latents travel as 2x2 patch tokens (FLUX) and are unpacked before they are recorded
     size_multiple: int  # width and height must be multiples of this: the VAE's 8, times 2 for 2x2 patches
+    steps_rule: str  # how the img2img pipeline's get_timesteps turns steps x strength into steps: FLOOR, FROM_SKIPPED
     latent_rgb: tuple  # the published linear latent->RGB map (factors, bias) for the real VAE
     guidance: str  # "cfg": classifier-free guidance; "distilled": guidance_scale is an input of the denoiser
     negative_prompt: bool  # whether the pipeline's default call uses a negative prompt
     schedulers: tuple[str, ...]  # scheduler classes the img2img pipeline accepts (their subclasses too)
     prompt_tokenizer: str  # the tokenizer whose window bounds the prompt (its overflow is warned about)
+
+    def steps_taken(self, steps: int, strength: float) -> int:
+        """The denoising steps the family's img2img pipeline takes (its get_timesteps)."""
+        if self.steps_rule == FLOOR:
+            return min(int(steps * strength), steps)
+        return steps - int(max(steps - steps * strength, 0))
 
     def accepts(self, scheduler: type) -> bool:
         """Whether the img2img pipeline can run this scheduler class (or a sweeplab subclass of one)."""
@@ -79,6 +90,7 @@ SD = ModelFamily(
     folder_classes=("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline", "StableDiffusionInpaintPipeline"),
     denoiser="unet", latent_channels=4, packed_latents=False, size_multiple=8, latent_rgb=SD1_LATENT_RGB,
     guidance="cfg", negative_prompt=True, schedulers=DISCRETE_SCHEDULERS, prompt_tokenizer="tokenizer",
+    steps_rule=FLOOR,
 )
 SDXL = ModelFamily(
     name="sdxl", title="Stable Diffusion XL",
@@ -88,6 +100,7 @@ SDXL = ModelFamily(
                     "StableDiffusionXLInpaintPipeline"),
     denoiser="unet", latent_channels=4, packed_latents=False, size_multiple=8, latent_rgb=SDXL_LATENT_RGB,
     guidance="cfg", negative_prompt=True, schedulers=DISCRETE_SCHEDULERS, prompt_tokenizer="tokenizer_2",
+    steps_rule=FLOOR,
 )
 SD3 = ModelFamily(
     name="sd3", title="Stable Diffusion 3.x",
@@ -97,6 +110,7 @@ SD3 = ModelFamily(
     denoiser="transformer", latent_channels=16, packed_latents=False, size_multiple=16, latent_rgb=SD3_LATENT_RGB,
     guidance="cfg", negative_prompt=True,
     schedulers=("FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler"), prompt_tokenizer="tokenizer",
+    steps_rule=FROM_SKIPPED,
 )
 FLUX = ModelFamily(
     name="flux", title="FLUX.1",
@@ -107,7 +121,7 @@ FLUX = ModelFamily(
     # prompt would need true CFG (twice the evaluations), which the pipeline's default call does not do.
     guidance="distilled", negative_prompt=False,
     # FluxImg2ImgPipeline passes sigmas and mu to set_timesteps, which FlowMatchHeunDiscreteScheduler refuses.
-    schedulers=("FlowMatchEulerDiscreteScheduler",), prompt_tokenizer="tokenizer_2",
+    schedulers=("FlowMatchEulerDiscreteScheduler",), prompt_tokenizer="tokenizer_2", steps_rule=FROM_SKIPPED,
 )
 
 FAMILIES = {family.name: family for family in (SD, SDXL, SD3, FLUX)}

@@ -138,8 +138,7 @@ def prepare_trial(cfg: DictConfig) -> Trial:
     if text2img:
         _check_text2img(conf)
         conf = replace(conf, strength=1.0)  # text-to-image starts from pure noise: all of the schedule
-    steps = _resolve_steps(conf)
-    _check_ranges(conf, steps)
+    _check_ranges(conf)
     prompt, template = _resolve_prompt(conf)
     variations = _parse_variations(conf.with_variations)
     loras = parse_loras(conf.lora, conf.lora_scale)
@@ -147,6 +146,8 @@ def prepare_trial(cfg: DictConfig) -> Trial:
     model_source = resolve_model_source(conf.model)
     family = model_source.model_family
     _check_family(conf, family)
+    steps = _resolve_steps(conf, family)
+    _check_denoises(conf, steps, family)
     image = None if text2img else load_init_image(conf.init_image)
     width, height = _trial_size(conf, *(image.rgb.size if image else (0, 0)), family.size_multiple)
     device = resolve_device(conf.device)
@@ -157,7 +158,7 @@ def prepare_trial(cfg: DictConfig) -> Trial:
         warnings.append(SMALL_IMAGE_WARNING.format(w=image.rgb.width, h=image.rgb.height))
     if steps > MANY_STEPS:
         warnings.append(f"steps: {steps} is unusually many (more than {MANY_STEPS}); this trial will take "
-                        f"{int(steps * conf.strength)} denoising steps")
+                        f"{family.steps_taken(steps, conf.strength)} denoising steps")
         log.warning("%s", warnings[-1])  # now, not after the long run
     if image is not None and image.mask is not None and (variations or conf.variation_amount > 0):
         raise ConfigError("variation_amount/with_variations: not supported with a transparent (inpainting) init image")
@@ -206,10 +207,11 @@ def _check_text2img(conf: SweeplabConfig) -> None:
             raise ConfigError(f"{key}: needs an init image (img2img); text-to-image (init_image=null) cannot use it")
 
 
-def _resolve_steps(conf: SweeplabConfig) -> int:
+def _resolve_steps(conf: SweeplabConfig, family: ModelFamily) -> int:
     """`steps`, or the smallest nominal step count that really denoises `steps_taken_target` times.
 
-    diffusers' img2img denoises int(steps * strength) steps (StableDiffusionImg2ImgPipeline.get_timesteps).
+    diffusers' img2img pipelines denoise int(steps * strength) steps on SD 1.x/2.x and SDXL, and
+    steps - int(steps - steps * strength) on SD 3.x and FLUX (each pipeline's get_timesteps).
     """
     target = conf.steps_taken_target
     if target is None:
@@ -219,12 +221,12 @@ def _resolve_steps(conf: SweeplabConfig) -> int:
     if not 0 < conf.strength <= 1:
         raise ConfigError(f"steps_taken_target: needs a strength in (0, 1], got {conf.strength}")
     steps = max(1, int(target / conf.strength) - 2)
-    while int(steps * conf.strength) < target:
+    while family.steps_taken(steps, conf.strength) < target:
         steps += 1
-    if int(steps * conf.strength) != target:
+    if family.steps_taken(steps, conf.strength) != target:
         raise ConfigError(
             f"steps_taken_target: no step count denoises exactly {target} steps at strength {conf.strength}; "
-            f"{steps} steps denoise {int(steps * conf.strength)}"
+            f"{steps} steps denoise {family.steps_taken(steps, conf.strength)}"
         )
     return steps
 
@@ -272,17 +274,11 @@ def _trial_size(conf: SweeplabConfig, image_width: int, image_height: int, multi
     return width, height
 
 
-def _check_ranges(conf: SweeplabConfig, steps: int) -> None:
+def _check_ranges(conf: SweeplabConfig) -> None:
     if not 0.0 <= conf.strength <= 1.0:
         raise ConfigError(f"strength: {conf.strength} is out of range; allowed 0.0 to 1.0")
-    if steps < 1:
-        raise ConfigError(f"steps: {steps} is out of range; allowed 1 or more")
-    if int(steps * conf.strength) < 1:
-        fix = f"use steps >= {_min_steps_for_one(conf.strength)} or " if conf.strength > 0 else ""
-        raise ConfigError(
-            f"strength x steps: {conf.strength} x {steps} runs no denoising step "
-            f"(img2img denoises int(steps * strength) = 0 steps); {fix}strength >= {1 / steps:g}"
-        )
+    if conf.steps_taken_target is None and conf.steps < 1:
+        raise ConfigError(f"steps: {conf.steps} is out of range; allowed 1 or more")
     if not 1 <= conf.iterations <= 100:
         raise ConfigError(f"iterations: {conf.iterations} is out of range; allowed 1 to 100")
     if not 0.0 <= conf.variation_amount <= 1.0:
@@ -326,9 +322,19 @@ def free_memory(device: str) -> int | None:
     return None
 
 
-def _min_steps_for_one(strength: float) -> int:
+def _check_denoises(conf: SweeplabConfig, steps: int, family: ModelFamily) -> None:
+    """A trial that would take no denoising step fails here, with the family's own rule."""
+    if family.steps_taken(steps, conf.strength) < 1:
+        fix = f"use steps >= {_min_steps_for_one(conf.strength, family)} or " if conf.strength > 0 else ""
+        raise ConfigError(
+            f"strength x steps: {conf.strength} x {steps} runs no denoising step "
+            f"(img2img denoises {family.steps_rule} = 0 steps); {fix}strength >= {1 / steps:g}"
+        )
+
+
+def _min_steps_for_one(strength: float, family: ModelFamily) -> int:
     steps = max(1, int(1 / strength))
-    while int(steps * strength) < 1:
+    while family.steps_taken(steps, strength) < 1:
         steps += 1
     return steps
 

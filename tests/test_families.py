@@ -165,3 +165,15 @@ def test_a_sweep_over_two_families_logs_steps_evaluations_and_bytes_of_its_proce
         buffer = io.BytesIO()
         here.output.save(buffer, format="PNG")
         assert open(logged, "rb").read() == buffer.getvalue()  # the same bytes in two processes
+
+
+def test_steps_taken_target_follows_the_familys_own_step_rule(compose_config, models, tiny_model_dir):
+    """SD keeps int(steps x strength) steps; SD 3.x and FLUX keep steps - int(steps - steps x strength)."""
+    sd3, result = run_tiny(compose_config, models, tiny_model_dir("sd3"), "sampler=flow_euler", "strength=0.7",
+                           "steps_taken_target=20")
+    assert (sd3.spec.steps, result.steps_taken) == (28, 20)  # 28 - int(8.4); 29 steps would take 21 here
+    toy = prepare_trial(compose_config("strength=0.7", "steps_taken_target=20", *SMALL[:2]))
+    assert toy.spec.steps == 29  # int(29 x 0.7) = 20 on SD
+    _, plain = run_tiny(compose_config, models, tiny_model_dir("sd3"), "sampler=flow_euler", "strength=0.7",
+                        "steps=29")
+    assert plain.steps_taken == FAMILIES["sd3"].steps_taken(29, 0.7) == 21
