@@ -68,7 +68,7 @@ class ModelSource:
 def resolve_model_source(model: ModelConfig) -> ModelSource:
     """Decide where the weights come from and their family, reading only file headers."""
     source = _weights_source(model)
-    found = _found_family(source, model)
+    found = _found_family(source)
     if model.family is not None:
         declared = family_named(model.family)
         if found is not None and found is not declared:
@@ -98,7 +98,7 @@ def _weights_source(model: ModelConfig) -> ModelSource:
     raise ConfigError("model: names no weights; set model.path=..., model.hub_id=... or choose model=toy")
 
 
-def _found_family(source: ModelSource, model: ModelConfig) -> ModelFamily | None:
+def _found_family(source: ModelSource) -> ModelFamily | None:
     """The family the files say: a folder's model_index.json, a single file's keys; None when nothing tells."""
     if source.kind == "toy":
         return SD
