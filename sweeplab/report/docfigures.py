@@ -13,7 +13,7 @@ import pandas as pd
 from sweeplab.report.grid import GridStyle
 from sweeplab.report.page import Report
 from sweeplab.report.reports import (Builder, ExtraRow, add_grids, add_steps_vs_strength, constants, index_by,
-                                     label, step_notes, strip_table)
+                                     label, refuse_mixed, step_notes, strip_table)
 from sweeplab.report.runs import Artifacts, ReportError, format_value
 
 KEYS = ["strength", "steps"]
@@ -44,7 +44,9 @@ def _trial(cells: dict, doc: DocTrial):
 
 
 def doc_figures(frame: pd.DataFrame, artifacts: Artifacts, experiment: str, thumb: int = 128) -> Report:
-    """The doc's 0.7-vs-0.4 table, its compensated runs, the step-count explanation, and the whole sweep."""
+    """The doc's 0.7-vs-0.4 table, its compensated runs, the step-count explanation, and the whole sweep, from one
+    model, named in the title."""
+    refuse_mixed(frame, KEYS)
     present = set(zip(frame["steps"], frame["strength"]))
     missing = [doc for doc in DOC_TRIALS if (doc.steps, doc.strength) not in present]
     if missing:
@@ -52,7 +54,7 @@ def doc_figures(frame: pd.DataFrame, artifacts: Artifacts, experiment: str, thum
         raise ReportError(f"experiment '{experiment}' lacks the doc's trials {wanted}; add them to its grid or "
                           "pass --run-missing")
     cells = index_by(frame, KEYS)
-    report = Report("doc-figures", f"img2img, step by step: the InvokeAI doc's figures ({experiment})")
+    report = Report("doc-figures", f"img2img, step by step: the InvokeAI doc's figures ({experiment}; {_model(frame)})")
     report.text(f"Regenerated from MLflow runs of the experiment '{experiment}': {constants(frame)}.")
     build = Builder(frame, artifacts, report, ("start", "latent_strip", "output"))
     doc_row = ExtraRow("steps the doc reports", _doc_words)
@@ -79,6 +81,13 @@ def doc_figures(frame: pd.DataFrame, artifacts: Artifacts, experiment: str, thum
     report.heading("Outputs over steps and strength")
     add_grids(report, frame, artifacts, ["steps", "strength"], style=GridStyle(cell=thumb))
     return report
+
+
+def _model(frame: pd.DataFrame) -> str:
+    """The one model of the runs, for the title: `model toy, family sd` (runs older than model families log none)."""
+    families = frame["model_family"].dropna()
+    family = f", family {families.iloc[0]}" if len(families) else ""
+    return f"model {format_value(frame['model'].dropna().iloc[0])}{family}"
 
 
 def _doc_words(row) -> str:
