@@ -42,10 +42,10 @@ def compose_config():
     return _compose
 
 
-def report_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+def report_cli(*args: str, cwd: Path, timeout: int = 900) -> subprocess.CompletedProcess:
     """`python -m sweeplab.report ARGS` (the same code as the sweeplab-report script) in cwd."""
     return subprocess.run([sys.executable, "-m", "sweeplab.report", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=900)
+                          timeout=timeout)
 
 
 @pytest.fixture(scope="session")

@@ -140,16 +140,20 @@ def run(args) -> list[Path]:
 
     try:
         where = parse_where(args.where)
+        if (args.run_missing or args.overrides) and not args.experiment:
+            raise ReportError("--run-missing and sweep overrides after -- need --experiment NAME (an "
+                              "experiments/NAME.yaml)")
         client = client_for(args.tracking_uri, create=args.run_missing)
         planned = _planned_hashes(client, args) if args.run_missing or args.overrides else None
         every_run = load_runs(client, args.experiment, args.sweep, args.latest_sweep, where=where)
         experiment = every_run["experiment"].iloc[0]
-        frame = one_per_trial(every_run)
         if planned is not None:
-            frame = frame[frame["config_hash"].isin(planned) | frame["config_hash"].isna()].reset_index(drop=True)
-            if frame.empty:
+            hashes = every_run["config_hash"]
+            every_run = every_run[hashes.isin(planned) | hashes.isna()].reset_index(drop=True)
+            if every_run.empty:
                 raise ReportError(f"no runs of experiment '{experiment}' with {' '.join(args.overrides)}; "
                                   "add --run-missing to run them")
+        frame = one_per_trial(every_run)
         artifacts = Artifacts(client)
         try:
             report = build_report(args, frame, artifacts, experiment, every_run)
@@ -162,8 +166,6 @@ def run(args) -> list[Path]:
 
 def _planned_hashes(client, args) -> set[str]:
     """The config hashes of the experiment with the overrides after --, after running the missing ones if asked."""
-    if not args.experiment:
-        raise ReportError("--run-missing and sweep overrides after -- need --experiment NAME (an experiments/NAME.yaml)")
     from sweeplab.report.missing import planned_trials, run_missing
 
     if args.run_missing:
