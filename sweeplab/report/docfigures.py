@@ -106,11 +106,14 @@ def _explain(cells: dict) -> list[str]:
             continue
         taken = int(row["steps_taken"])
         formula = int(doc.steps * doc.strength)
+        said = f"{where}: the doc says SD took {doc.doc_words} steps; diffusers took {taken}"
         if taken == doc.doc_steps:
-            sentences.append(f"{where}: the doc says SD took {doc.doc_words} steps; diffusers took {taken} as well.")
-        else:
-            sentences.append(f"{where}: the doc says SD took {doc.doc_words} steps; diffusers took {taken}, "
-                             f"which is int({doc.steps} x {doc.strength:g}) = {formula}.")
+            sentences.append(f"{said} as well.")
+        elif taken == formula:
+            sentences.append(f"{said}, which is int({doc.steps} x {doc.strength:g}) = {formula}.")
+        else:  # e.g. SD 3's img2img pipeline: steps - int(steps - steps x strength)
+            sentences.append(f"{said}, not int({doc.steps} x {doc.strength:g}) = {formula}: this model's img2img "
+                             "pipeline rounds steps x strength its own way.")
     return sentences
 
 
