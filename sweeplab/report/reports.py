@@ -81,6 +81,7 @@ def refuse_mixed(frame: pd.DataFrame, shown: list[str], remedy: str = "") -> Non
 
 
 def _fixed_by(frame: pd.DataFrame, key: str, shown: list[str]) -> bool:
+    """Whether each combination of the shown values has one value of `key`, so a cell never holds two."""
     if not shown:
         return False
     return bool((frame.groupby(shown, dropna=False)[key].nunique(dropna=True) <= 1).all())
