@@ -46,13 +46,13 @@ def _trial(cells: dict, doc: DocTrial):
 def doc_figures(frame: pd.DataFrame, artifacts: Artifacts, experiment: str, thumb: int = 128) -> Report:
     """The doc's 0.7-vs-0.4 table, its compensated runs, the step-count explanation, and the whole sweep, from one
     model, named in the title."""
-    refuse_mixed(frame, KEYS)
     present = set(zip(frame["steps"], frame["strength"]))
     missing = [doc for doc in DOC_TRIALS if (doc.steps, doc.strength) not in present]
     if missing:
         wanted = ", ".join(f"steps={doc.steps} strength={doc.strength:g}" for doc in missing)
         raise ReportError(f"experiment '{experiment}' lacks the doc's trials {wanted}; add them to its grid or "
                           "pass --run-missing")
+    refuse_mixed(frame, KEYS)
     cells = index_by(frame, KEYS)
     report = Report("doc-figures", f"img2img, step by step: the InvokeAI doc's figures ({experiment}; {_model(frame)})")
     report.text(f"Regenerated from MLflow runs of the experiment '{experiment}': {constants(frame)}.")
