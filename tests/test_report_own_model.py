@@ -63,7 +63,8 @@ def test_each_model_writes_its_own_complete_figure_set_naming_it(stores, model):
     assert all((folder / name).is_file() for name in listed)
     text = (folder / "doc-figures.md").read_text()
     family = FAMILIES[model]
-    assert text.startswith(f"# img2img, step by step: the InvokeAI doc's figures ({DOC}; model {model}, family {family})")
+    title = f"# img2img, step by step: the InvokeAI doc's figures ({DOC}; model {model}, family {family})"
+    assert text.startswith(title)
     assert f"model: {model}; model_family: {family}; sampler: " in text and "width: 64; height: 64" in text
     assert "toy" not in text.replace("my-toy", "")
     table = pd.read_csv(folder / "doc-figures.csv")
