@@ -1,6 +1,7 @@
 # Two commands: `make demo` (set up and run a demo sweep) and `make test`;
 # `make figures` regenerates reports/invokeai_img2img/ (the InvokeAI img2img doc's figures) and
-# reports/img2img_tutorial/ (the figures of Chris McCormick's "How img2img Diffusion Works");
+# reports/img2img_tutorial/ (the figures of Chris McCormick's "How img2img Diffusion Works"); MODEL_ARGS=... from
+# your model;
 # `make toy-train` retrains the shipped toy model (79 minutes on 2 CPU cores), `make toy-eval` measures it.
 PYTHON ?= python3
 VENV ?= .venv
@@ -25,9 +26,11 @@ demo: install
 	@echo "Browse them:  $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db"
 	@echo "then open http://127.0.0.1:5000 and the experiment 'demo'."
 
+# MODEL_ARGS="model.path=/models/v1-5 device=cuda": sweep overrides; the same figure set from that model, written to
+# reports/invokeai_img2img-<model>/ beside the toy's reports/invokeai_img2img/
 figures: install
-	$(VENV)/bin/sweeplab-report doc-figures --experiment invokeai_img2img --run-missing
-	$(VENV)/bin/sweeplab-report tutorial-figures --experiment img2img_tutorial --run-missing
+	$(VENV)/bin/sweeplab-report doc-figures --experiment invokeai_img2img --run-missing $(if $(MODEL_ARGS),-- $(MODEL_ARGS))
+	$(VENV)/bin/sweeplab-report tutorial-figures --experiment img2img_tutorial --run-missing $(if $(MODEL_ARGS),-- $(MODEL_ARGS))
 
 toy-train: install
 	$(PY) -m sweeplab.toy.train --workdir .toy-train --resume

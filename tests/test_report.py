@@ -154,10 +154,11 @@ def test_strips_report_has_a_column_per_trial_with_start_strip_and_output(small_
     ("args", "expected"),
     [
         (["grid", "--experiment", "small", "--x", "seed", "--y", "colour"],
-         "unknown axis key 'colour'; allowed: model, sampler, prompt"),
+         "unknown axis key 'colour'; allowed: model, model_family, sampler, prompt"),
         (["strips", "--experiment", "nope"], "experiment 'nope' not found in sqlite:///"),
         (["strips", "--sweep", "0123456789abcdef"], "sweep run '0123456789abcdef' not found"),
-        (["grid", "--experiment", "small", "--x", "seed", "--y", "steps"], "several trials at seed=1, steps=2"),
+        (["grid", "--experiment", "small", "--x", "seed", "--y", "steps"],
+         "strength: 0.5, 1.5; the selected runs differ in strength, which this report does not show"),
         (["doc-figures", "--experiment", "small"], "experiment 'small' lacks the doc's trials steps=10 strength=0.7"),
     ],
 )

@@ -194,7 +194,7 @@ def test_grid_past_max_side_scales_its_cells_down_and_says_so(store):
 
 def test_grid_past_max_side_splits_into_captioned_parts_and_keeps_failed_cells_crossed_out(store, tmp_path):
     done = report_cli("grid", "--experiment", "page", "--x", "seed", "--y", "strength", "--z", "steps", "--cell",
-                      "96", "--max-side", "300", "--out", str(tmp_path), cwd=store)
+                      "128", "--max-side", "320", "--out", str(tmp_path), cwd=store)
     assert done.returncode == 0, done.stderr
     files = sorted(path.name for path in (tmp_path / "grid").iterdir() if path.name != "MANIFEST")
     assert files == [f"grid-seed-strength-steps{z}-part{part}.png" for z in (1, 2) for part in (1, 2, 3, 4)]
@@ -203,7 +203,7 @@ def test_grid_past_max_side_splits_into_captioned_parts_and_keeps_failed_cells_c
     assert "part 3 of 4: columns 1-1 of 2, rows 2-2 of 2" in markdown
     for name in files:
         pixels = np.asarray(Image.open(tmp_path / "grid" / name).convert("RGB"))
-        assert max(pixels.shape[:2]) <= 300
+        assert max(pixels.shape[:2]) <= 320
         crossed = (pixels == FAILED_FILL).all(axis=2).sum() > 1000 and (pixels == FAILED_INK).all(axis=2).any()
         assert crossed == name.endswith(("part3.png", "part4.png"))  # row 2 is strength 1.5, failed
 

@@ -7,6 +7,8 @@
     sweeplab-report chains --experiment sweeplab
     sweeplab-report doc-figures --experiment invokeai_img2img --run-missing
     sweeplab-report tutorial-figures --experiment img2img_tutorial --run-missing
+    sweeplab-report doc-figures --experiment invokeai_img2img --run-missing -- model.path=/models/v1-5 device=cuda
+    sweeplab-report grid --experiment demo --where model=toy --x strength --y sampler
     sweeplab-report determinism --experiment demo
 """
 
@@ -19,7 +21,8 @@ from pathlib import Path
 
 from sweeplab.report.grid import DEFAULT_MAX_SIDE, GridStyle
 from sweeplab.report.page import ReportFolderError, write_report
-from sweeplab.report.runs import (PARAM_KEYS, Artifacts, ReportError, client_for, load_runs, one_per_trial)
+from sweeplab.report.runs import (DEFAULT_MODEL, PARAM_KEYS, Artifacts, ReportError, client_for, load_runs,
+                                  one_per_trial, parse_where)
 from sweeplab.tracking import resolve_tracking_uri
 
 PROG = "sweeplab-report"
@@ -53,12 +56,17 @@ def _selection(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--experiment", metavar="NAME", help="MLflow experiment (= experiment=NAME of the sweep)")
     parser.add_argument("--sweep", metavar="RUN_ID", help="only the trials of this sweep (parent) run")
     parser.add_argument("--latest-sweep", action="store_true", help="only the trials of the experiment's latest sweep")
+    parser.add_argument("--where", action="append", default=[], metavar="KEY=VALUE",
+                        help="only runs that logged this param value, e.g. model=toy (repeatable)")
     parser.add_argument("--tracking-uri", metavar="URI",
                         help="MLflow store; default MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here")
     parser.add_argument("--out", metavar="DIR", type=Path,
-                        help="output folder, used as given; default reports/<experiment> (a safe folder name)")
+                        help="output folder, used as given; default reports/<experiment> (a safe folder name), "
+                        f"reports/<experiment>-<model> for runs of one model other than {DEFAULT_MODEL}")
     parser.add_argument("--run-missing", action="store_true",
-                        help="first run the experiment's trials that have no finished run (needs --experiment)")
+                        help="first run the experiment's trials that have no finished run (needs --experiment); "
+                        "sweep overrides after -- go to the sweep and select its runs: -- model.path=DIR device=cuda")
+    parser.set_defaults(overrides=[])  # the words after --, set by parse_args
     parser.add_argument("--thumb", type=int, default=128, metavar="PX", help="thumbnail width (default 128)")
 
 
@@ -101,6 +109,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """The report's options, and the sweep overrides after `--` (args.overrides)."""
+    cut = argv.index("--") if "--" in argv else len(argv)
+    args = build_parser().parse_args(argv[:cut])
+    args.overrides = argv[cut + 1:]
+    return args
+
+
 def build_report(args, frame, artifacts, experiment: str, every_run):
     """Dispatch to the subcommand's report builder; `frame` has one run per trial, `every_run` all of them."""
     from sweeplab.report import docfigures, gridpage, reports, tutorial
@@ -130,19 +146,21 @@ def run(args) -> list[Path]:
     from mlflow.exceptions import MlflowException
 
     try:
+        where = parse_where(args.where)
+        if (args.run_missing or args.overrides) and not args.experiment:
+            raise ReportError("--run-missing and sweep overrides after -- need --experiment NAME (an "
+                              "experiments/NAME.yaml)")
         client = client_for(args.tracking_uri, create=args.run_missing)
-        planned = None
-        if args.run_missing:
-            if not args.experiment:
-                raise ReportError("--run-missing needs --experiment NAME (an experiments/NAME.yaml)")
-            from sweeplab.report.missing import run_missing
-
-            planned = run_missing(client, args.experiment)
-        every_run = load_runs(client, args.experiment, args.sweep, args.latest_sweep)
+        planned = _planned_hashes(client, args) if args.run_missing or args.overrides else None
+        every_run = load_runs(client, args.experiment, args.sweep, args.latest_sweep, where=where)
         experiment = every_run["experiment"].iloc[0]
-        frame = one_per_trial(every_run)
         if planned is not None:
-            frame = frame[frame["config_hash"].isin(planned) | frame["config_hash"].isna()].reset_index(drop=True)
+            hashes = every_run["config_hash"]
+            every_run = every_run[hashes.isin(planned) | hashes.isna()].reset_index(drop=True)
+            if every_run.empty:
+                raise ReportError(f"no runs of experiment '{experiment}' with {' '.join(args.overrides)}; "
+                                  "add --run-missing to run them")
+        frame = one_per_trial(every_run)
         artifacts = Artifacts(client)
         try:
             report = build_report(args, frame, artifacts, experiment, every_run)
@@ -150,16 +168,27 @@ def run(args) -> list[Path]:
             artifacts.close()
     except MlflowException as err:
         raise ReportError(f"MLflow: {str(err).strip().splitlines()[0]}") from None
-    return write_report(report, args.out or default_folder(experiment))
+    return write_report(report, args.out or default_folder(experiment, tuple(frame["model"].dropna().unique())))
 
 
-def default_folder(experiment: str) -> Path:
-    """reports/<experiment>, the name made one safe folder name: `/tmp/v` and `../../x` stay under reports/."""
-    return Path("reports") / (re.sub(r"[^A-Za-z0-9_.-]+", "_", experiment).strip("._") or "experiment")
+def _planned_hashes(client, args) -> set[str]:
+    """The config hashes of the experiment with the overrides after --, after running the missing ones if asked."""
+    from sweeplab.report.missing import planned_trials, run_missing
+
+    if args.run_missing:
+        return run_missing(client, args.experiment, args.overrides)
+    return {trial["config_hash"] for trial in planned_trials(args.experiment, args.overrides)}
+
+
+def default_folder(experiment: str, models: tuple[str, ...] = ()) -> Path:
+    """reports/<experiment>, or reports/<experiment>-<model> for the runs of one model other than the toy, so
+    figure sets of different models lie side by side; made one safe folder name: `/tmp/v` stays under reports/."""
+    named = experiment if len(models) != 1 or models[0] == DEFAULT_MODEL else f"{experiment}-{models[0]}"
+    return Path("reports") / (re.sub(r"[^A-Za-z0-9_.-]+", "_", named).strip("._") or "experiment")
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         written = run(args)
     except (ReportError, ReportFolderError) as err:

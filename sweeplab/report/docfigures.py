@@ -13,7 +13,7 @@ import pandas as pd
 from sweeplab.report.grid import GridStyle
 from sweeplab.report.page import Report
 from sweeplab.report.reports import (Builder, ExtraRow, add_grids, add_steps_vs_strength, constants, index_by,
-                                     label, step_notes, strip_table)
+                                     label, refuse_mixed, step_notes, strip_table)
 from sweeplab.report.runs import Artifacts, ReportError, format_value
 
 KEYS = ["strength", "steps"]
@@ -44,15 +44,17 @@ def _trial(cells: dict, doc: DocTrial):
 
 
 def doc_figures(frame: pd.DataFrame, artifacts: Artifacts, experiment: str, thumb: int = 128) -> Report:
-    """The doc's 0.7-vs-0.4 table, its compensated runs, the step-count explanation, and the whole sweep."""
+    """The doc's 0.7-vs-0.4 table, its compensated runs, the step-count explanation, and the whole sweep, from one
+    model, named in the title."""
     present = set(zip(frame["steps"], frame["strength"]))
     missing = [doc for doc in DOC_TRIALS if (doc.steps, doc.strength) not in present]
     if missing:
         wanted = ", ".join(f"steps={doc.steps} strength={doc.strength:g}" for doc in missing)
         raise ReportError(f"experiment '{experiment}' lacks the doc's trials {wanted}; add them to its grid or "
                           "pass --run-missing")
+    refuse_mixed(frame, KEYS)
     cells = index_by(frame, KEYS)
-    report = Report("doc-figures", f"img2img, step by step: the InvokeAI doc's figures ({experiment})")
+    report = Report("doc-figures", f"img2img, step by step: the InvokeAI doc's figures ({experiment}; {_model(frame)})")
     report.text(f"Regenerated from MLflow runs of the experiment '{experiment}': {constants(frame)}.")
     build = Builder(frame, artifacts, report, ("start", "latent_strip", "output"))
     doc_row = ExtraRow("steps the doc reports", _doc_words)
@@ -81,6 +83,13 @@ def doc_figures(frame: pd.DataFrame, artifacts: Artifacts, experiment: str, thum
     return report
 
 
+def _model(frame: pd.DataFrame) -> str:
+    """The one model of the runs, for the title: `model toy, family sd` (runs older than model families log none)."""
+    families = frame["model_family"].dropna()
+    family = f", family {families.iloc[0]}" if len(families) else ""
+    return f"model {format_value(frame['model'].dropna().iloc[0])}{family}"
+
+
 def _doc_words(row) -> str:
     doc = next((d for d in DOC_TRIALS if (d.steps, d.strength) == (row["steps"], row["strength"])), None)
     return doc.doc_words if doc else "-"
@@ -97,11 +106,14 @@ def _explain(cells: dict) -> list[str]:
             continue
         taken = int(row["steps_taken"])
         formula = int(doc.steps * doc.strength)
+        said = f"{where}: the doc says SD took {doc.doc_words} steps; diffusers took {taken}"
         if taken == doc.doc_steps:
-            sentences.append(f"{where}: the doc says SD took {doc.doc_words} steps; diffusers took {taken} as well.")
-        else:
-            sentences.append(f"{where}: the doc says SD took {doc.doc_words} steps; diffusers took {taken}, "
-                             f"which is int({doc.steps} x {doc.strength:g}) = {formula}.")
+            sentences.append(f"{said} as well.")
+        elif taken == formula:
+            sentences.append(f"{said}, which is int({doc.steps} x {doc.strength:g}) = {formula}.")
+        else:  # e.g. SD 3's img2img pipeline: steps - int(steps - steps x strength)
+            sentences.append(f"{said}, not int({doc.steps} x {doc.strength:g}) = {formula}: this model's img2img "
+                             "pipeline rounds steps x strength its own way.")
     return sentences
 
 

@@ -17,6 +17,7 @@ from PIL import Image
 from sweeplab.report.grid import FAILED, MISSING, GridLayout, GridStyle, GridTooSmall, draw_grid, fit_grid
 from sweeplab.report.page import Picture, Report, Table
 from sweeplab.report.runs import (
+    DERIVED_PARAMS,
     OPTION_DEFAULTS,
     PARAM_KEYS,
     Artifacts,
@@ -64,6 +65,26 @@ def index_by(frame: pd.DataFrame, keys: list[str]) -> dict[tuple, pd.Series]:
             )
         found[where] = row
     return found
+
+
+def refuse_mixed(frame: pd.DataFrame, shown: list[str], remedy: str = "") -> None:
+    """Refuse runs that differ in a key the report does not show (toy and real outputs side by side, unlabelled).
+
+    A derived key (model_family, steps from steps_taken_target, ...) may stay unshown where the shown keys fix it.
+    """
+    for key in varying_keys(frame):
+        if key in shown or (key in DERIVED_PARAMS and _fixed_by(frame, key, shown)):
+            continue
+        values = ", ".join(format_value(value) for value in ordered_values(frame, key))
+        raise ReportError(f"{key}: {values}; the selected runs differ in {key}, which this report does not show: "
+                          f"add --where {key}=VALUE{remedy}")
+
+
+def _fixed_by(frame: pd.DataFrame, key: str, shown: list[str]) -> bool:
+    """Whether each combination of the shown values has one value of `key`, so a cell never holds two."""
+    if not shown:
+        return False
+    return bool((frame.groupby(shown, dropna=False)[key].nunique(dropna=True) <= 1).all())
 
 
 def ordered_values(frame: pd.DataFrame, key: str) -> list:
@@ -200,6 +221,7 @@ def add_grids(report: Report, frame: pd.DataFrame, artifacts: Artifacts, axes: l
     if image not in IMAGES:
         raise ReportError(f"unknown image '{image}'; allowed: {', '.join(IMAGES)}")
     x, y, z = (*axes, None)[:3]
+    refuse_mixed(frame, axes, " or make it an axis (--x, --y or --z)")
     cells = index_by(frame, axes)
     xs, ys = ordered_values(frame, x), ordered_values(frame, y)
     column_labels, row_labels = [f"{x}: {format_value(v)}" for v in xs], [f"{y}: {format_value(v)}" for v in ys]

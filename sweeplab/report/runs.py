@@ -20,11 +20,15 @@ from sweeplab.tracking import CONFIG_HASH_TAG, ERROR_TAG, SWEEP_TAG, resolve_tra
 # The InvokeAI options, with the values they have when unused (captions leave those out).
 OPTION_DEFAULTS = {"fit": "False", "iteration": 0, "variation_amount": 0.0, "variation_seed": None,
                    "with_variations": "", "steps_taken_target": None, "lora": ""}
-PARAM_KEYS = ("model", "sampler", "prompt", "negative_prompt", "init_image", "strength", "steps", "seed",
-              "cfg_scale", "width", "height", *OPTION_DEFAULTS)
+PARAM_KEYS = ("model", "model_family", "sampler", "prompt", "negative_prompt", "init_image", "strength", "steps",
+              "seed", "cfg_scale", "width", "height", *OPTION_DEFAULTS)
 NUMERIC_PARAMS = {"strength": "float64", "steps": "Int64", "seed": "Int64", "cfg_scale": "float64",
                   "width": "Int64", "height": "Int64", "iteration": "Int64", "variation_amount": "float64",
                   "variation_seed": "Int64", "steps_taken_target": "Int64"}
+# Params that follow from others (the model; steps_taken_target x strength; the init image with fit): a report
+# that shows the keys fixing them may leave them unshown without mixing anything.
+DERIVED_PARAMS = ("model_family", "steps", "width", "height")
+DEFAULT_MODEL = "toy"  # the model param of the embedded toy model, whose figure sets keep reports/<experiment>/
 METRIC_KEYS = ("steps_taken", "denoiser_evals", "seconds")
 RENAMED_METRICS = {"denoiser_evals": "unet_evals"}  # new name -> the name runs logged before model families (the UNet only)
 OVERRIDES_TAG = "sweeplab.overrides"
@@ -49,8 +53,9 @@ def client_for(uri: str | None, create: bool = False):
 
 
 def load_runs(client, experiment: str | None = None, sweep: str | None = None, latest_sweep: bool = False,
-              page_size: int = PAGE_SIZE) -> pd.DataFrame:
-    """Trial runs (never sweep parents) of an experiment, of one sweep, or of an experiment's latest sweep."""
+              page_size: int = PAGE_SIZE, where: dict[str, str] | None = None) -> pd.DataFrame:
+    """Trial runs (never sweep parents) of an experiment, of one sweep, or of an experiment's latest sweep;
+    `where` keeps those that logged each KEY with VALUE (--where)."""
     if sweep:
         experiment_id = _sweep_run(client, sweep).info.experiment_id
     else:
@@ -59,12 +64,59 @@ def load_runs(client, experiment: str | None = None, sweep: str | None = None, l
             sweep = _latest_sweep(client, experiment_id, experiment)
     query = f"tags.`{PARENT_TAG}` = '{sweep}'" if sweep else ""
     runs = [run for run in iter_runs(client, experiment_id, query, page_size) if run.data.tags.get(SWEEP_TAG) != "true"]
+    selection = f"sweep run '{sweep}'" if sweep else f"experiment '{experiment}'"
     if not runs:
-        where = f"sweep run '{sweep}'" if sweep else f"experiment '{experiment}'"
-        raise ReportError(f"no trial runs found in {where} of {client.tracking_uri}")
+        raise ReportError(f"no trial runs found in {selection} of {client.tracking_uri}")
+    for key, value in (where or {}).items():
+        runs = _with_value(runs, key, value, selection)
     frame = runs_frame(runs)
     frame.insert(0, "experiment", client.get_experiment(experiment_id).name)
     return frame
+
+
+def parse_where(pairs: list[str]) -> dict[str, str]:
+    """--where KEY=VALUE options, each key once."""
+    where: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ReportError(f"--where: '{pair}' is not KEY=VALUE; allowed: a logged param and its value, "
+                              "e.g. --where model=toy")
+        if key in where:
+            raise ReportError(f"--where: {key} is given twice ({where[key]}, {value}); a run logs one value per key")
+        where[key] = value
+    return where
+
+
+def _with_value(runs: list, key: str, value: str, selection: str) -> list:
+    """The runs that logged `key` (a param, else a tag) with `value`; none is an error naming what was logged."""
+    logged = [(run, {**run.data.tags, **_params(run)}) for run in runs]
+    having = [(run, keys[key]) for run, keys in logged if key in keys]
+    if not having:
+        allowed = sorted({name for run in runs for name in _params(run)})
+        raise ReportError(f"--where {key}={value}: no run of {selection} logged {key}; allowed: {', '.join(allowed)}, "
+                          "or a sweeplab.* tag")
+    matching = [run for run, logged_value in having if _same_value(logged_value, value)]
+    if not matching:
+        values = sorted({logged_value for _, logged_value in having})
+        raise ReportError(f"--where {key}={value}: no run of {selection} has {key}={value}; its values: "
+                          f"{', '.join(values)}")
+    return matching
+
+
+def _params(run) -> dict[str, str]:
+    """A run's params; a run that failed before logging them has those its Hydra overrides name."""
+    return {**_overrides(run.data.tags.get(OVERRIDES_TAG, "")), **run.data.params}
+
+
+def _same_value(logged: str, wanted: str) -> bool:
+    """Equal as text, or as numbers (--where strength=0.40 finds 0.4)."""
+    if logged == wanted:
+        return True
+    try:
+        return float(logged) == float(wanted)
+    except ValueError:
+        return False
 
 
 def iter_runs(client, experiment_id: str, query: str, page_size: int = PAGE_SIZE):
@@ -113,7 +165,7 @@ def runs_frame(runs) -> pd.DataFrame:
     rows = []
     for run in runs:
         tags = run.data.tags
-        params = {**_overrides(tags.get(OVERRIDES_TAG, "")), **run.data.params}
+        params = _params(run)
         rows.append({
             "run_id": run.info.run_id,
             "run_name": run.info.run_name,
