@@ -46,8 +46,8 @@ CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("latents file", ("safetensors.torch:save*",)),
     ("store set-up", ("sweeplab.tracking:MlflowTracker.__init__",
                       "sweeplab.tracking:MlflowSweepCallback.on_multirun_start",
-                      "sweeplab.tracking:MlflowSweepCallback._open",  # the engine opens the store on a thread
-                      "sweeplab.tracking:MlflowSweepCallback.parent_run")),  # ... and waits here if it is late
+                      "sweeplab.tracking:MlflowSweepCallback.parent_run")),  # waits here if the store is late
+    ("waiting on the store's process", ("sweeplab.storeprocess:*",)),  # a sweep's MLflow calls run there
     ("model load", ("sweeplab.models:PipelineCache.get", "sweeplab.models:load_img2img_pipeline",
                     "diffusers.pipelines.pipeline_utils:DiffusionPipeline.from_pretrained")),
     ("init image", ("sweeplab.images:*", "sweeplab.sketches:*")),

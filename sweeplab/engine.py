@@ -14,6 +14,7 @@ import queue
 import sys
 import threading
 from dataclasses import dataclass, field
+from pathlib import PurePath
 from typing import Callable
 
 from omegaconf import OmegaConf
@@ -21,6 +22,7 @@ from omegaconf import OmegaConf
 from sweeplab import interrupts, outcome
 from sweeplab.errors import ConfigError, StoreError
 from sweeplab.runnames import plan_run_names
+from sweeplab.storeprocess import LocalStore
 from sweeplab.sweep import ComposedJob, PlannedTrial, batches, cost_order, plan_trials
 
 log = logging.getLogger("sweeplab")
@@ -94,6 +96,7 @@ class SweepEngine:
     settings: ExecutionSettings = field(default_factory=ExecutionSettings)
     models: object = None  # a sweeplab.models.PipelineCache; one per process when given
     parent_run: Callable[[], str | None] = lambda: None  # the sweep's parent run id, asked once the trials are planned
+    store: object = field(default_factory=LocalStore)  # opens the trackers: in this process, or a StoreProcess's
     parent_run_id: str | None = field(default=None, init=False)  # set when the sweep runs
     _trackers: dict = field(default_factory=dict)
     _store_failure: str | None = field(default=None, init=False)  # set by the writer when the store stops answering
@@ -141,11 +144,11 @@ class SweepEngine:
     # -- planning against the store -------------------------------------------------------------
 
     def tracker_for(self, job: ComposedJob):
-        from sweeplab.tracking import MlflowTracker, experiment_name, resolve_tracking_uri
+        from sweeplab.tracking import experiment_name, resolve_tracking_uri
 
         key = (resolve_tracking_uri(job.cfg.tracking.get("uri")), experiment_name(job.cfg, job.choices))
         if key not in self._trackers:
-            self._trackers[key] = MlflowTracker(*key)
+            self._trackers[key] = self.store.tracker(*key)
         return self._trackers[key]
 
     def _skip_finished(self, runnable: list[PlannedTrial]) -> list[PlannedTrial]:
@@ -167,14 +170,14 @@ class SweepEngine:
                 kept.append(planned)
                 continue
             if not tracker.has_output(done):
-                print(f"sweeplab: trial {planned.label}: its FINISHED run {done.info.run_id} has no output.png "
+                print(f"sweeplab: trial {planned.label}: its FINISHED run {done.run_id} has no output.png "
                       f"(artifacts deleted?); running it again", file=sys.stderr)
                 kept.append(planned)
                 continue
             log.info("trial %s skipped: already FINISHED as run %s (%s); resume=false reruns it",
-                     planned.label, done.info.run_id, trial.spec.config_hash)
-            if done.data.tags.get("mlflow.parentRunId") != self.parent_run_id:  # not this sweep's (a requeued task)
-                skipped.setdefault(id(tracker), (tracker, {}))[1][trial.spec.config_hash] = done.info.run_id
+                     planned.label, done.run_id, trial.spec.config_hash)
+            if done.parent_run_id != self.parent_run_id:  # not this sweep's (a requeued task)
+                skipped.setdefault(id(tracker), (tracker, {}))[1][trial.spec.config_hash] = done.run_id
         if self.parent_run_id:
             for tracker, hashes in skipped.values():
                 tracker.record_skips(self.parent_run_id, hashes)
@@ -282,6 +285,7 @@ class SweepEngine:
     def _finish(self, run: TrialRun, trial, result, writer: RunWriter) -> None:
         config = OmegaConf.to_container(run.planned.job.cfg, resolve=True)
         log_step_images = run.planned.job.cfg.tracking.log_step_images
+        stored = result.for_store()
         for warning in result.warnings:
             log.warning("trial %s: %s", run.label, warning)
 
@@ -289,7 +293,7 @@ class SweepEngine:
             if run.run_id is None:
                 return  # its run could not be created; already reported
             try:
-                run.tracker.log_trial_result(run.run_id, result, config, log_step_images)
+                run.tracker.log_trial_result(run.run_id, stored, config, log_step_images)
             except Exception as err:  # noqa: BLE001 - nothing half-logged is marked FINISHED
                 message = f"logging its results failed: {_one_line(err)}"
                 _print_error(self._where(run.planned), message)
@@ -361,8 +365,9 @@ def _raw_params(cfg) -> dict[str, str]:
     from sweeplab.trial import PARAM_KEYS
 
     raw = {key: OmegaConf.select(cfg, key, default=None) for key in PARAM_KEYS}
-    raw["model"] = next((OmegaConf.select(cfg, f"model.{key}", default=None) for key in ("path", "hub_id", "name")
-                         if OmegaConf.select(cfg, f"model.{key}", default=None)), None)
+    path = OmegaConf.select(cfg, "model.path", default=None)
+    raw["model"] = (PurePath(str(path)).name if path else  # named as a valid trial's run names it (ModelSource.name)
+                    OmegaConf.select(cfg, "model.hub_id", default=None) or OmegaConf.select(cfg, "model.name", default=None))
     raw["sampler"] = OmegaConf.select(cfg, "sampler.name", default=None)
     return {key: str(value) for key, value in raw.items() if value is not None and not OmegaConf.is_config(value)}
 

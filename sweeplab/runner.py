@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import inspect
 import time
-from dataclasses import dataclass, field
 
 import torch
 from PIL import Image
@@ -18,30 +17,10 @@ from PIL import Image
 from sweeplab.models import LoadedModel
 from sweeplab.noise import NoiseVariation
 from sweeplab.render import LatentRenderer
+from sweeplab.result import TrialResult
 from sweeplab.schedule import NoiseSchedule
 from sweeplab.trial import Trial
 from sweeplab.trialscheduler import TrialScheduler
-
-
-@dataclass
-class TrialResult:
-    """What one trial produced; plain data, no tracker involved."""
-
-    output: Image.Image
-    init_image: Image.Image | None  # None: text-to-image
-    mask: Image.Image | None  # white = redrawn (inpainting); None for plain img2img
-    start_latent: torch.Tensor  # [channels, h, w]: the noised init image the denoiser starts from
-    step_latents: torch.Tensor  # [steps_taken, channels, h, w]: the latent after each denoising step
-    step_timesteps: list[float]  # the timestep each recorded step started from
-    schedule: NoiseSchedule  # the sampler's whole schedule and where the trial entered it (logged as schedule.json)
-    steps_taken: int
-    denoiser_evals: int  # forward calls of the UNet or transformer
-    seconds: float  # wall time of the pipeline call, shared equally by the trials of a batch
-    warnings: list[str]  # things the user should know, e.g. a truncated prompt
-    batch_size: int  # how many trials shared the pipeline call
-    start_image: Image.Image = field(repr=False)  # start_latent rendered
-    step_images: list[Image.Image] = field(repr=False)  # step_latents rendered
-    latent_strip: Image.Image = field(repr=False)
 
 
 class _StepRecorder:

@@ -37,3 +37,20 @@ def record_result(tracker, parent_run_id: str, summary) -> None:
     with tempfile.TemporaryDirectory(prefix="sweeplab-summary-") as folder:
         write_sweep_summary(tracker.client, parent_run_id, Path(folder))
         tracker.client.log_artifacts(parent_run_id, folder, SUMMARY_FOLDER)
+
+
+def close_sweep(tracker, parent_run_id: str, tags: dict[str, str]):
+    """The end of a sweep's parent run: `tags` (where it ran), its counts and summary, then FINISHED or FAILED.
+    Returns the outcome.SweepSummary. Runs where the tracker is (the store's process, storeprocess.py)."""
+    from sweeplab.outcome import SweepSummary
+
+    tracker.set_tags(parent_run_id, tags)
+    summary = SweepSummary.from_runs(tracker.child_runs(parent_run_id), tracker.run_tags(parent_run_id))
+    try:
+        record_result(tracker, parent_run_id, summary)
+    except Exception as err:  # noqa: BLE001 - the sweep's own result stands without its summary
+        lines = str(err).strip().splitlines()
+        print(f"sweeplab: warning: the sweep's grid and trials table were not logged: {type(err).__name__}: "
+              f"{lines[0] if lines else ''}", file=sys.stderr)
+    tracker.end_run(parent_run_id, "FAILED" if summary.failed else "FINISHED")
+    return summary

@@ -20,8 +20,10 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
@@ -47,6 +49,7 @@ OWNER_TAG = "sweeplab.owner"  # host:pid of the process that ran the trial
 COMPILE_TAG = "sweeplab.compile"  # whether the denoiser ran through torch.compile (an execution setting)
 LORA_SHA256_TAG = "sweeplab.lora_sha256"  # `name.safetensors:sha256,...` of the LoRA files a trial used
 BATCH_SIZE_TAG = "sweeplab.batch_size"  # trials that shared the pipeline call (an execution setting, not identity)
+STORE_OPEN_WAIT_SECONDS = 60  # how long a sweep ending at exit waits for its store to open, to close its run
 SEARCH_PAGE = 1000  # MLflow's largest page of search_runs and of log_batch tags
 VERSION_TAG = "sweeplab.version"  # the installed package's version
 OUTPUT_ARTIFACT = "output.png"  # a trial's output image: what resume checks is still there
@@ -143,6 +146,15 @@ def _store_problem(uri: str, err: BaseException) -> str:
     return f"tracking.uri={uri}: the MLflow store cannot be used ({cause}); {fix}"
 
 
+@dataclass(frozen=True)
+class FinishedRun:
+    """A FINISHED run that resume may reuse, as plain data (it crosses from the store's process)."""
+
+    run_id: str
+    parent_run_id: str | None  # the sweep it ran in
+    artifact_uri: str
+
+
 class MlflowTracker:
     """Writes trials to one MLflow experiment through an explicit MlflowClient.
 
@@ -161,10 +173,6 @@ class MlflowTracker:
                 self.experiment_id = self._ensure_experiment(experiment)
         except Exception as err:  # noqa: BLE001 - any failure to open the store is the user's one line
             raise StoreError(_store_problem(uri, err)) from err
-
-    @classmethod
-    def from_config(cls, cfg: DictConfig, choices: dict | None = None) -> "MlflowTracker":
-        return cls(resolve_tracking_uri(cfg.tracking.get("uri")), experiment_name(cfg, choices))
 
     @interrupts.critical()
     def _ensure_experiment(self, name: str) -> str:
@@ -195,7 +203,7 @@ class MlflowTracker:
         return run.info.run_id
 
     @interrupts.critical()
-    def finished_runs(self) -> dict:
+    def finished_runs(self) -> dict[str, FinishedRun]:
         """config hash -> a FINISHED run of that trial in this experiment, from one paged pass over the store.
 
         MLflow's filters have no IN, so a sweep reads its experiment's finished runs once and matches locally.
@@ -206,19 +214,20 @@ class MlflowTracker:
                                            max_results=SEARCH_PAGE, page_token=token)
             for run in page:
                 if CONFIG_HASH_TAG in run.data.tags:
-                    found.setdefault(run.data.tags[CONFIG_HASH_TAG], run)
+                    found.setdefault(run.data.tags[CONFIG_HASH_TAG], FinishedRun(
+                        run.info.run_id, run.data.tags.get("mlflow.parentRunId"), run.info.artifact_uri))
             token = page.token
             if not token:
                 return found
 
-    def has_output(self, run) -> bool:
+    def has_output(self, run: FinishedRun) -> bool:
         """Whether a run's output.png is still there: a file check for a local artifact store, else one listing."""
-        root = run.info.artifact_uri
+        root = run.artifact_uri
         if root.startswith("file:") or root.startswith("/"):
             from mlflow.utils.file_utils import local_file_uri_to_path
 
             return (Path(local_file_uri_to_path(root)) / OUTPUT_ARTIFACT).is_file()
-        return any(item.path == OUTPUT_ARTIFACT for item in self._list_artifacts(run.info.run_id))
+        return any(item.path == OUTPUT_ARTIFACT for item in self._list_artifacts(run.run_id))
 
     @interrupts.critical()
     def _list_artifacts(self, run_id: str) -> list:
@@ -253,9 +262,10 @@ class MlflowTracker:
 
     @interrupts.critical()
     def log_trial_result(self, run_id: str, result, config: dict, log_step_images: bool) -> None:
-        """Metrics, tags, artifacts (with the trial's config, secrets redacted) and per-step previews, in one upload."""
+        """Metrics, tags, artifacts (with the trial's config, secrets redacted) and per-step previews, in one upload;
+        `result` is a TrialResult.for_store()."""
         from mlflow.entities import Metric, RunTag
-        from safetensors.torch import save_file
+        from safetensors.numpy import save_file
 
         now = int(time.time() * 1000)
         metrics = {"steps_taken": result.steps_taken, "denoiser_evals": result.denoiser_evals, "seconds": result.seconds}
@@ -279,7 +289,7 @@ class MlflowTracker:
             (folder / "config.yaml").write_text(OmegaConf.to_yaml(redact(config)))
             (folder / SCHEDULE_ARTIFACT).write_text(result.schedule.to_json())
             save_file(
-                {"start": result.start_latent.half().contiguous(), "steps": result.step_latents.half().contiguous()},
+                {"start": result.start_latent, "steps": result.step_latents},
                 str(folder / "latents.safetensors"),
                 metadata={"timesteps": ",".join(f"{t:g}" for t in result.step_timesteps)},
             )
@@ -293,6 +303,12 @@ class MlflowTracker:
             self.client.set_tag(run_id, ERROR_TAG, error)
         self.client.set_terminated(run_id, status)
         self.open_runs.discard(run_id)
+
+    @interrupts.critical()
+    def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(run_id, tags=[RunTag(key, value) for key, value in redact(tags).items()])
 
     @interrupts.critical()
     def run_tags(self, run_id: str) -> dict[str, str]:
@@ -417,45 +433,68 @@ def _git_commit(folder: Path) -> str | None:
 class MlflowSweepCallback(Callback):
     """Creates the experiment and the sweep's parent run before any job, and closes it after.
 
-    The store opens on the main thread, before any job: opening it on a thread while the launcher
-    imports torch was measured 2 s slower per sweep on 2 cores (both are imports, and they share the GIL).
-    Jobs find the parent run in the environment; sweeplab's launchers ask `parent_run`.
-    A sweep that ends early (a signal, a launcher error) closes its parent run at exit:
-    KILLED when interrupted, FAILED otherwise, never left RUNNING.
+    The store opens in a process of its own (storeprocess.StoreProcess), forked before torch is imported,
+    while this process composes the sweep, imports torch and loads the model: a new SQLite store costs about
+    4.5 s, which now runs beside that work instead of before it. sweeplab's launchers ask `parent_run` (and
+    use `store`) when they need them; any other launcher's jobs read the parent run from the environment, so
+    for those the callback waits for it here. A sweep that ends early (a signal, a launcher error) closes its
+    parent run at exit: KILLED when interrupted, FAILED otherwise, never left RUNNING.
     """
 
     def __init__(self):
-        self.tracker: MlflowTracker | None = None
+        self.store = None  # a storeprocess.StoreProcess, from the sweep's start
+        self.tracker = None  # its tracker of the sweep's store, once open
         self.parent_run_id: str | None = None
+        self._opening: threading.Thread | None = None  # opens the store and creates the parent run
+        self._open_error: BaseException | None = None
 
     def __getstate__(self) -> dict:
         """Pickled with Hydra's context into every SLURM task, which reads the parent run from its
-        environment: the store handle (connections, locks) stays here."""
-        return {**self.__dict__, "tracker": None}
+        environment: the store's process and the thread stay here."""
+        return {**self.__dict__, "store": None, "tracker": None, "_opening": None}
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        atexit.register(self._close_unfinished)
+        from sweeplab.storeprocess import StoreProcess
         from sweeplab.sweepaxes import sweep_axes
         from sweeplab.sweeprecord import sweep_command
 
         try:
             axes = sweep_axes(config)  # zipped lists of different lengths stop the sweep before it has a run
-            self.tracker = MlflowTracker.from_config(config)
+            uri = resolve_tracking_uri(config.tracking.get("uri"))
+            experiment = experiment_name(config)
         except ConfigError as err:
             exit_for(err)
+        self.store = StoreProcess()
+        atexit.register(self._close_unfinished)  # after the store process's start: runs before its shutdown
         overrides = overrides_tag(OmegaConf.select(config, "hydra.overrides.task", default=[]))
         zipped = {ZIPPED_TAG: ",".join(axes.zipped_keys())} if axes.zipped_keys() else {}
-        self.parent_run_id = self.tracker.start_run(
-            run_name=f"sweep {Path(str(config.hydra.sweep.dir)).as_posix()}",
-            params=axes.swept_values(),
-            tags={SWEEP_TAG: "true", "sweeplab.overrides": overrides, COMMAND_TAG: sweep_command(), **owner_tag(),
-                  **zipped, **environment_tags()},
-            parent_run_id=None,
-        )
-        os.environ[PARENT_RUN_ENV] = self.parent_run_id
-        os.environ[TRACKING_URI_ENV] = self.tracker.uri
+        run_name = f"sweep {Path(str(config.hydra.sweep.dir)).as_posix()}"
+        tags = {SWEEP_TAG: "true", "sweeplab.overrides": overrides, COMMAND_TAG: sweep_command(), **owner_tag(), **zipped}
+        self._opening = threading.Thread(target=self._open, args=(uri, experiment, run_name, axes.swept_values(), tags),
+                                         name="sweeplab-store-open", daemon=True)
+        self._opening.start()
+        os.environ[TRACKING_URI_ENV] = uri
+        launcher = str(OmegaConf.select(config, "hydra.launcher._target_", default=""))
+        if not launcher.startswith("hydra_plugins.sweeplab_launcher."):
+            try:
+                self.parent_run()
+            except ConfigError as err:
+                exit_for(err)
+
+    def _open(self, uri: str, experiment: str, run_name: str, params: dict, tags: dict) -> None:
+        try:
+            self.tracker = self.store.tracker(uri, experiment)
+            self.parent_run_id = self.tracker.start_run(run_name, params, tags, None)
+        except BaseException as err:  # noqa: BLE001 - raised where the sweep asks for its parent run
+            self._open_error = err
 
     def parent_run(self) -> str:
+        """The parent run's id, once the store is open; StoreError when it cannot be used."""
+        if self._opening is not None:
+            self._opening.join()
+        if self._open_error is not None:
+            raise self._open_error
+        os.environ[PARENT_RUN_ENV] = self.parent_run_id
         return self.parent_run_id
 
     def fail(self, reason: str) -> None:
@@ -465,19 +504,9 @@ class MlflowSweepCallback(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         from sweeplab import outcome
-        from sweeplab.sweeprecord import record_result
 
         self.parent_run()
-        children = self.tracker.child_runs(self.parent_run_id)
-        parent_tags = self.tracker.run_tags(self.parent_run_id)
-        summary = outcome.SweepSummary.from_runs(children, parent_tags)
-        try:
-            record_result(self.tracker, self.parent_run_id, summary)
-        except Exception as err:  # noqa: BLE001 - the sweep's own result stands without its summary
-            lines = str(err).strip().splitlines()
-            print(f"sweeplab: warning: the sweep's grid and trials table were not logged: {type(err).__name__}: "
-                  f"{lines[0] if lines else ''}", file=sys.stderr)
-        self.tracker.end_run(self.parent_run_id, "FAILED" if summary.failed else "FINISHED")
+        summary = self.tracker.close_sweep(self.parent_run_id, environment_tags())
         atexit.unregister(self._close_unfinished)
         os.environ.pop(PARENT_RUN_ENV, None)
         os.environ.pop(TRACKING_URI_ENV, None)
@@ -486,6 +515,8 @@ class MlflowSweepCallback(Callback):
     def _close_unfinished(self) -> None:
         """At exit of a sweep that never reached on_multirun_end."""
         interrupts.hold()
+        if self._opening is not None:
+            self._opening.join(STORE_OPEN_WAIT_SECONDS)
         if self.parent_run_id is None:
             return  # the store never opened: there is no run to close
         try:

@@ -220,3 +220,14 @@ def test_a_later_sweep_closes_the_runs_a_killed_sweep_left_running(tmp_path):
     assert len(orphans) == 2 and {r.info.status for r in orphans} == {"KILLED"}
     assert all(r.data.tags["sweeplab.error"].startswith("orphaned: its process") for r in orphans)
     assert "RUNNING" not in {r.info.status for r in all_runs(store(tmp_path))}
+
+
+def test_a_trial_that_fails_validation_names_its_model_as_a_valid_trial_would():
+    """Its FAILED run's `model` param is the folder's name (ModelSource.name), not the user's private path."""
+    from sweeplab.engine import _raw_params
+
+    cfg = OmegaConf.create({"model": {"path": "/home/ann/private/models/v1-5", "hub_id": None, "name": "sd15"},
+                            "sampler": {"name": "k_euler"}, "seed": 3, "strength": 1.5})
+    assert _raw_params(cfg) == {"model": "v1-5", "sampler": "k_euler", "seed": "3", "strength": "1.5"}
+    cfg.model.path = None
+    assert _raw_params(cfg)["model"] == "sd15"

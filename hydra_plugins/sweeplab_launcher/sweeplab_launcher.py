@@ -113,28 +113,33 @@ class SweeplabLauncher(Launcher):
             log.info("\t#%d : %s", num, " ".join(filter_overrides(overrides)))
         composer = JobComposer(self.hydra_context.config_loader, self.config)
         jobs = [composer.compose(num, list(o)) for num, o in enumerate(job_overrides, start=initial_job_idx)]
-        return run_jobs(jobs, self.batch_size, self.max_loaded_models, _parent_run(self.hydra_context))
+        return run_jobs(jobs, self.batch_size, self.max_loaded_models, *_sweep_store(self.hydra_context))
 
 
 def run_jobs(jobs: List[ComposedJob], batch_size: int, max_loaded_models: Optional[int],
-             parent_run: Callable[[], Optional[str]]) -> List[JobReturn]:
-    """The engine over composed jobs; one COMPLETED JobReturn each (failures are FAILED runs, not exceptions)."""
+             parent_run: Callable[[], Optional[str]], store: Any = None) -> List[JobReturn]:
+    """The engine over composed jobs; one COMPLETED JobReturn each (failures are FAILED runs, not exceptions).
+    `store` opens the trackers (storeprocess.py); None: in this process."""
     from sweeplab.engine import ExecutionSettings, SweepEngine
+    from sweeplab.storeprocess import LocalStore
 
     settings = ExecutionSettings(batch_size=batch_size, max_loaded_models=max_loaded_models)
     try:
-        SweepEngine(settings, parent_run=parent_run).run(jobs)
+        SweepEngine(settings, parent_run=parent_run, store=store or LocalStore()).run(jobs)
     except ConfigError as err:  # the store cannot be used: one line, before any model loads
         exit_for(err)
     return [_job_return(job) for job in jobs]
 
 
-def _parent_run(hydra_context: HydraContext) -> Callable[[], Optional[str]]:
-    """How to get the sweep's parent run: from sweeplab's callback, else from the environment."""
+def _sweep_store(hydra_context: HydraContext) -> tuple[Callable[[], Optional[str]], Any]:
+    """How to get the sweep's parent run, and its store: from sweeplab's callback, else the environment's
+    parent run and a store in this process."""
     from sweeplab.tracking import PARENT_RUN_ENV, sweep_callback
 
     callback = sweep_callback(hydra_context)
-    return callback.parent_run if callback is not None else lambda: os.environ.get(PARENT_RUN_ENV)
+    if callback is None:
+        return (lambda: os.environ.get(PARENT_RUN_ENV)), None
+    return callback.parent_run, callback.store
 
 
 def _job_return(job: ComposedJob) -> JobReturn:
@@ -180,7 +185,10 @@ class SweeplabSlurmLauncher(SlurmLauncher):
         sweep_dir.mkdir(parents=True, exist_ok=True)
         log.info("Submitit 'slurm' sweep output dir : %s", sweep_dir)
         log.info("%d trials in %d SLURM tasks of up to %d", len(jobs), len(chunks), max(map(len, chunks)))
-        _parent_run(self.hydra_context)()  # tasks find the parent run in the environment they inherit
+        try:
+            _sweep_store(self.hydra_context)[0]()  # tasks find the parent run in the environment they inherit
+        except ConfigError as err:  # the store cannot be used
+            exit_for(err)
         state = Singleton.get_state()
         task_trials = [[(j.num, j.overrides, j.run_name) for j in chunk] for chunk in chunks]
         try:
