@@ -48,7 +48,7 @@ class _TrackerHost:
         with self._opening:
             if (uri, experiment) not in self._trackers:
                 self._trackers[uri, experiment] = MlflowTracker(uri, experiment)
-                threading.Thread(target=_import_for_close_sweep, name="sweeplab-store-warm", daemon=True).start()
+                threading.Thread(target=_import_ahead, name="sweeplab-store-imports", daemon=True).start()
         tracker = self._trackers[uri, experiment]
         return tracker.uri, tracker.experiment_id
 
@@ -64,9 +64,15 @@ class _TrackerHost:
         return close_sweep(self._trackers[uri, experiment], parent_run_id, tags)
 
 
-def _import_for_close_sweep() -> None:
-    """Import what a sweep's end needs (the summary's pandas and report code, about 1.5 s) while the sweep
-    runs, at the server's low priority, rather than at the end, when the sweep waits for it."""
+def _import_ahead() -> None:
+    """Import what logging a trial and a sweep's end need (image encoders, safetensors, the summary's pandas
+    and report code: about 2 s) while the sweep loads its model, at the server's low priority, rather than when
+    the sweep waits for them: its first trial's results, its end."""
+    import PIL.PngImagePlugin  # noqa: F401
+    import PIL.WebPImagePlugin  # noqa: F401
+    import safetensors.numpy  # noqa: F401
+    from mlflow.tracking import multimedia  # noqa: F401
+
     import sweeplab.report.sweepsummary  # noqa: F401
 
 
