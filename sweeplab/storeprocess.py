@@ -53,15 +53,21 @@ class _TrackerHost:
         return tracker.uri, tracker.experiment_id
 
     def call(self, uri: str, experiment: str, method: str, args: tuple, kwargs: dict) -> Any:
-        try:
-            return getattr(self._trackers[uri, experiment], method)(*args, **kwargs)
-        except Exception as err:  # noqa: BLE001 - MLflow's and SQLAlchemy's errors would need their modules to unpickle
-            raise StoreCallFailed(str(err) or type(err).__name__) from None
+        return _plain_errors(getattr(self._trackers[uri, experiment], method), *args, **kwargs)
 
     def close_sweep(self, uri: str, experiment: str, parent_run_id: str, tags: dict[str, str]):
         from sweeplab.sweeprecord import close_sweep
 
-        return close_sweep(self._trackers[uri, experiment], parent_run_id, tags)
+        return _plain_errors(close_sweep, self._trackers[uri, experiment], parent_run_id, tags)
+
+
+def _plain_errors(call, *args, **kwargs) -> Any:
+    """call(*args, **kwargs), its failure as StoreCallFailed: MLflow's and SQLAlchemy's errors would need
+    their modules in the sweep's process to unpickle."""
+    try:
+        return call(*args, **kwargs)
+    except Exception as err:  # noqa: BLE001 - re-raised with the same message
+        raise StoreCallFailed(str(err) or type(err).__name__) from None
 
 
 def _import_ahead() -> None:
@@ -114,6 +120,7 @@ class StoreProcess:
         return RemoteTracker(self._host, *_critical(self._host.open)(uri, experiment), experiment)
 
     def close(self) -> None:
+        """Stop the server once the sweep has ended (at exit it stops by itself)."""
         self._manager.shutdown()
 
 
@@ -155,6 +162,3 @@ class LocalStore:
         from sweeplab.tracking import MlflowTracker
 
         return MlflowTracker(uri, experiment)
-
-    def close(self) -> None:
-        pass

@@ -511,6 +511,7 @@ class MlflowSweepCallback(Callback):
         os.environ.pop(PARENT_RUN_ENV, None)
         os.environ.pop(TRACKING_URI_ENV, None)
         outcome.report_sweep(summary, self.tracker, self.parent_run_id)
+        self.store.close()
 
     def _close_unfinished(self) -> None:
         """At exit of a sweep that never reached on_multirun_end."""
