@@ -1,8 +1,8 @@
 """Runs a planned sweep: models loaded once, trials batched, logging overlapped with the next trial.
 
 Data flows one way: composed jobs -> planned trials (sweep.py) -> pipeline calls (runner.py) -> plain
-results -> the tracker, through `RunWriter`, one background thread that writes each trial's run in order
-while the main thread denoises the next. The failure policy lives in `SweepEngine`, apart from the trial:
+results -> the tracker. Each trial's run is created RUNNING before it denoises; its results go through
+`RunWriter`, one background thread that logs them in order while the main thread denoises the next. The failure policy lives in `SweepEngine`, apart from the trial:
 an invalid trial is a FAILED run before any model loads, a trial that raises is FAILED and the sweep goes
 on, and an interruption drains what the writer holds, closes every run still open as KILLED and stops.
 """
@@ -81,7 +81,7 @@ class RunWriter:
 
 @dataclass
 class TrialRun:
-    """A trial's MLflow run as the writer creates it; `run_id` is set once the writer has started it."""
+    """A trial's MLflow run; `run_id` is None when the store could not create it."""
 
     planned: PlannedTrial
     tracker: object
@@ -215,7 +215,7 @@ class SweepEngine:
         if group[0].trial.iterations > 1:
             self._run_chain(group[0], writer)
             return
-        runs = [self._start(planned, planned.trial, writer) for planned in group]
+        runs = [self._start(planned, planned.trial) for planned in group]
         try:
             results = self._denoise([planned.trial for planned in group], runs)
         except Exception as err:  # noqa: BLE001 - a failing trial is recorded and the sweep goes on
@@ -241,7 +241,7 @@ class SweepEngine:
         """iterations=n: each link starts from the previous output and is its own run, tagged with the one before."""
         trial, previous = planned.trial, None
         for iteration in range(trial.iterations):
-            run = self._start(planned, trial, writer, previous, label=f"{planned.label}.{iteration}")
+            run = self._start(planned, trial, previous, label=f"{planned.label}.{iteration}")
             try:
                 (result,) = self._denoise([trial], [run])
             except Exception as err:  # noqa: BLE001
@@ -262,24 +262,22 @@ class SweepEngine:
 
     # -- what the writer does --------------------------------------------------------------------
 
-    def _start(self, planned: PlannedTrial, trial, writer: RunWriter, previous: TrialRun | None = None,
+    def _start(self, planned: PlannedTrial, trial, previous: TrialRun | None = None,
                label: str | None = None) -> TrialRun:
+        """Create the trial's RUNNING run before it denoises, from this thread: the writer may be a trial
+        behind (the store process runs at the lowest priority), and a run must show while its trial runs."""
         run = TrialRun(planned, self.tracker_for(planned.job), label or self._label(planned))
         tags = self._run_tags(planned, trial)
-        parent = self.parent_run_id
-
-        def start() -> None:
-            if previous is not None and previous.run_id:
-                tags["sweeplab.previous_run_id"] = previous.run_id
-            try:
-                run.run_id = run.tracker.start_run(_run_name(planned, trial), trial.spec.params(), tags, parent)
-            except Exception as err:  # noqa: BLE001 - the trial still runs; its failure to log is reported
-                message = f"could not create its run: {_one_line(err)}"
-                _print_error(self._where(planned), message)
-                outcome.record_failure(message)
-                self._store_failure = self._store_failure or _one_line(err)
-
-        writer.submit(start)
+        if previous is not None and previous.run_id:
+            tags["sweeplab.previous_run_id"] = previous.run_id
+        try:
+            run.run_id = run.tracker.start_run(_run_name(planned, trial), trial.spec.params(), tags,
+                                               self.parent_run_id)
+        except Exception as err:  # noqa: BLE001 - the trial still runs; its failure to log is reported
+            message = f"could not create its run: {_one_line(err)}"
+            _print_error(self._where(planned), message)
+            outcome.record_failure(message)
+            self._store_failure = self._store_failure or _one_line(err)
         return run
 
     def _finish(self, run: TrialRun, trial, result, writer: RunWriter) -> None:
