@@ -53,21 +53,12 @@ class _TrackerHost:
         return tracker.uri, tracker.experiment_id
 
     def call(self, uri: str, experiment: str, method: str, args: tuple, kwargs: dict) -> Any:
-        return _plain_errors(getattr(self._trackers[uri, experiment], method), *args, **kwargs)
-
-    def close_sweep(self, uri: str, experiment: str, parent_run_id: str, tags: dict[str, str]):
-        from sweeplab.sweeprecord import close_sweep
-
-        return _plain_errors(close_sweep, self._trackers[uri, experiment], parent_run_id, tags)
-
-
-def _plain_errors(call, *args, **kwargs) -> Any:
-    """call(*args, **kwargs), its failure as StoreCallFailed: MLflow's and SQLAlchemy's errors would need
-    their modules in the sweep's process to unpickle."""
-    try:
-        return call(*args, **kwargs)
-    except Exception as err:  # noqa: BLE001 - re-raised with the same message
-        raise StoreCallFailed(str(err) or type(err).__name__) from None
+        """The tracker's method; its failure as StoreCallFailed, since MLflow's and SQLAlchemy's errors would
+        need their modules in the sweep's process to unpickle."""
+        try:
+            return getattr(self._trackers[uri, experiment], method)(*args, **kwargs)
+        except Exception as err:  # noqa: BLE001 - re-raised with the same message
+            raise StoreCallFailed(str(err) or type(err).__name__) from None
 
 
 def _import_ahead() -> None:
@@ -141,10 +132,6 @@ class RemoteTracker:
         if method.startswith("_"):
             raise AttributeError(method)
         return lambda *args, **kwargs: _critical(self._host.call)(*self._key, method, args, kwargs)
-
-    def close_sweep(self, parent_run_id: str, tags: dict[str, str]):
-        """sweeprecord.close_sweep in the server: the parent run's summary and end; the outcome.SweepSummary."""
-        return _critical(self._host.close_sweep)(*self._key, parent_run_id, tags)
 
 
 def _critical(call):

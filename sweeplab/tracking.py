@@ -310,6 +310,12 @@ class MlflowTracker:
 
         self.client.log_batch(run_id, tags=[RunTag(key, value) for key, value in redact(tags).items()])
 
+    def close_sweep(self, parent_run_id: str, tags: dict[str, str]):
+        """The sweep's end on its parent run (sweeprecord.close_sweep); the outcome.SweepSummary."""
+        from sweeplab.sweeprecord import close_sweep  # its outcome.SweepSummary imports this module
+
+        return close_sweep(self, parent_run_id, tags)
+
     @interrupts.critical()
     def run_tags(self, run_id: str) -> dict[str, str]:
         return self.client.get_run(run_id).data.tags
@@ -511,7 +517,8 @@ class MlflowSweepCallback(Callback):
         os.environ.pop(PARENT_RUN_ENV, None)
         os.environ.pop(TRACKING_URI_ENV, None)
         outcome.report_sweep(summary, self.tracker, self.parent_run_id)
-        self.store.close()
+        if self.store is not None:  # None when a tracker was handed in rather than opened at the sweep's start
+            self.store.close()
 
     def _close_unfinished(self) -> None:
         """At exit of a sweep that never reached on_multirun_end."""
