@@ -121,6 +121,7 @@ class SweepEngine:
             writer = RunWriter()
             groups = batches(cost_order(runnable), self.settings.batch_size)
             for group in _progress(groups, total=len(runnable)):
+                interrupts.check()
                 if self._store_failure:  # stop, rather than have every remaining trial fail against it
                     raise StoreError(f"the MLflow store failed mid-sweep ({self._store_failure}); the trials "
                                      "not yet run are not tried: run the same command again to resume")

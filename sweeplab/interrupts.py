@@ -17,6 +17,7 @@ import signal
 import threading
 
 received: str | None = None  # the name of the first signal that interrupted this process
+_held = False  # the interruption reached the sweep, which is closing its runs (`hold`)
 _deferred: tuple | None = None  # (handler, signum, frame) still to run after the runs are closed
 _critical_depth = 0  # how many `critical()` blocks the main thread is inside (signals reach no other thread)
 _postponed: int | None = None  # a signal that arrived inside `critical()`
@@ -81,8 +82,10 @@ def finish() -> None:
 
 def install() -> None:
     """Install the handlers in this process; a no-op outside the main thread, safe to repeat."""
+    global received, _held
     if threading.current_thread() is not threading.main_thread():
         return
+    received, _held = None, False  # a new command, or a new SLURM task: nothing interrupted it yet
     signal.signal(signal.SIGINT, _raise_interrupted)
     signal.signal(signal.SIGTERM, _raise_interrupted)
     previous = signal.getsignal(signal.SIGUSR2)
@@ -90,8 +93,22 @@ def install() -> None:
         signal.signal(signal.SIGUSR2, _deferring(previous))
 
 
+def check() -> None:
+    """Raise the interruption a signal asked for if it has not reached the sweep yet.
+
+    Python drops an exception raised inside a finalizer (`__del__`, such as a progress bar's, run whenever
+    an object is collected): a signal whose handler ran there would be lost, and the sweep would go on.
+    The engine checks between trials and the runner at every denoising step.
+    """
+    if received is not None and not _held and not _critical_depth and \
+            threading.current_thread() is threading.main_thread():
+        raise Interrupted(received)
+
+
 def hold() -> None:
     """Ignore further termination signals while the runs of an interrupted process are closed."""
+    global _held
+    _held = received is not None
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)

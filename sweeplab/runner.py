@@ -14,6 +14,7 @@ import time
 import torch
 from PIL import Image
 
+from sweeplab import interrupts
 from sweeplab.models import LoadedModel
 from sweeplab.noise import NoiseVariation
 from sweeplab.render import LatentRenderer
@@ -31,6 +32,7 @@ class _StepRecorder:
         self.timesteps: list[float] = []
 
     def __call__(self, pipe, step_index: int, timestep, callback_kwargs: dict) -> dict:
+        interrupts.check()  # a signal Python dropped inside a finalizer still stops the trial here
         self.latents.append(callback_kwargs["latents"].detach().float().cpu().clone())
         self.timesteps.append(float(timestep))
         return {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 
 import pytest
@@ -64,3 +65,18 @@ def test_a_second_ctrl_c_forces_the_interruption_at_once(handlers):
     assert steps == ["postponed"]
     with interrupts.critical():  # nothing left over from the forced one
         pass
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the dropped exception, as meant
+def test_a_signal_dropped_inside_a_finalizer_still_interrupts_at_the_next_check(handlers):
+    """Python drops an exception raised in __del__ (a progress bar's, say): the sweep's next check raises it."""
+    class SignalledWhileCollected:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGINT)  # the handler raises here, and Python only prints it
+
+    SignalledWhileCollected()
+    assert interrupts.received == "SIGINT"
+    with pytest.raises(interrupts.Interrupted, match="SIGINT"):
+        interrupts.check()
+    interrupts.hold()  # the sweep has it and closes its runs: no check raises it again
+    interrupts.check()
