@@ -2,7 +2,8 @@
 
 Data flows one way: composed jobs -> planned trials (sweep.py) -> pipeline calls (runner.py) -> plain
 results -> the tracker. Each trial's run is created RUNNING before it denoises; its results go through
-`RunWriter`, one background thread that logs them in order while the main thread denoises the next. The failure policy lives in `SweepEngine`, apart from the trial:
+`RunWriter`, one background thread that logs them in order while the main thread denoises the next.
+The failure policy lives in `SweepEngine`, apart from the trial:
 an invalid trial is a FAILED run before any model loads, a trial that raises is FAILED and the sweep goes
 on, and an interruption drains what the writer holds, closes every run still open as KILLED and stops.
 """
@@ -365,8 +366,9 @@ def _raw_params(cfg) -> dict[str, str]:
 
     raw = {key: OmegaConf.select(cfg, key, default=None) for key in PARAM_KEYS}
     path = OmegaConf.select(cfg, "model.path", default=None)
-    raw["model"] = (PurePath(str(path)).name if path else  # named as a valid trial's run names it (ModelSource.name)
-                    OmegaConf.select(cfg, "model.hub_id", default=None) or OmegaConf.select(cfg, "model.name", default=None))
+    # named as a valid trial's run names it (ModelSource.name): the folder or file, not the user's whole path
+    raw["model"] = (PurePath(str(path)).name if path else OmegaConf.select(cfg, "model.hub_id", default=None)
+                    or OmegaConf.select(cfg, "model.name", default=None))
     raw["sampler"] = OmegaConf.select(cfg, "sampler.name", default=None)
     return {key: str(value) for key, value in raw.items() if value is not None and not OmegaConf.is_config(value)}
 

@@ -108,7 +108,7 @@ class StoreProcess:
 
     def tracker(self, uri: str, experiment: str) -> "RemoteTracker":
         """The store's tracker, opened in the server (StoreError when it cannot be used)."""
-        return RemoteTracker(self._host, *_critical(self._host.open)(uri, experiment), experiment)
+        return RemoteTracker(self._host, *interrupts.critical()(self._host.open)(uri, experiment), experiment)
 
     def close(self) -> None:
         """Stop the server once the sweep has ended (at exit it stops by itself)."""
@@ -131,15 +131,7 @@ class RemoteTracker:
     def __getattr__(self, method: str):
         if method.startswith("_"):
             raise AttributeError(method)
-        return lambda *args, **kwargs: _critical(self._host.call)(*self._key, method, args, kwargs)
-
-
-def _critical(call):
-    def critical_call(*args, **kwargs):
-        with interrupts.critical():
-            return call(*args, **kwargs)
-
-    return critical_call
+        return lambda *args, **kwargs: interrupts.critical()(self._host.call)(*self._key, method, args, kwargs)
 
 
 class LocalStore:

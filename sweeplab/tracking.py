@@ -475,7 +475,8 @@ class MlflowSweepCallback(Callback):
         overrides = overrides_tag(OmegaConf.select(config, "hydra.overrides.task", default=[]))
         zipped = {ZIPPED_TAG: ",".join(axes.zipped_keys())} if axes.zipped_keys() else {}
         run_name = f"sweep {Path(str(config.hydra.sweep.dir)).as_posix()}"
-        tags = {SWEEP_TAG: "true", "sweeplab.overrides": overrides, COMMAND_TAG: sweep_command(), **owner_tag(), **zipped}
+        tags = {SWEEP_TAG: "true", "sweeplab.overrides": overrides, COMMAND_TAG: sweep_command(), **owner_tag(),
+                **zipped}
         self._opening = threading.Thread(target=self._open, args=(uri, experiment, run_name, axes.swept_values(), tags),
                                          name="sweeplab-store-open", daemon=True)
         self._opening.start()
