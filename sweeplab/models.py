@@ -271,17 +271,30 @@ class LoadedModel:
             class_name = getattr(self.family, kind)
             if class_name is None:
                 raise ConfigError(f"init_image: {self.family.title} models have no {kind} pipeline in sweeplab")
-            self._pipelines[kind] = getattr(diffusers, class_name).from_pipe(self.pipe)
+            self._pipelines[kind] = pipeline_over(getattr(diffusers, class_name), self.pipe)
         return self._pipelines[kind]
 
     def for_trial(self, kind: str, scheduler):
         """A pipeline object of its own for one call, sharing every module, with the trial's scheduler."""
         base = self.pipeline(kind)
-        return type(base).from_pipe(base, scheduler=scheduler)
+        return pipeline_over(type(base), base, scheduler=scheduler)
 
     @property
     def denoiser(self):
         return getattr(self.pipe, self.family.denoiser)
+
+
+def pipeline_over(cls, base, **replaced):
+    """A `cls` pipeline over `base`'s modules and config options, with `replaced` components swapped in.
+
+    What `from_pipe` builds, without its last step: `from_pipe` casts every shared module to the dtype
+    it is given, float32 when none is, so an fp16 pipeline turned fp32 at its first trial, and one
+    dtype for all would undo the float32 layers a text encoder keeps (`_keep_in_fp32_modules`).
+    """
+    modules, options = cls._get_signature_keys(cls)
+    kwargs = {name: component for name, component in base.components.items() if name in modules}
+    kwargs.update({name: base.config[name] for name in options if name in base.config})
+    return cls(**{**kwargs, **replaced})
 
 
 def load_img2img_pipeline(source: ModelSource, device: str, dtype, compile: bool = False) -> LoadedModel:

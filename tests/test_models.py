@@ -108,3 +108,21 @@ def test_a_folder_with_only_fp16_weights_suggests_the_variant(toy_model, tmp_pat
     source = resolve_model_source(ModelConfig(name="mine", path=str(folder), variant="fp16"))
     loaded = PipelineCache().get(source, "cpu", torch.float32)  # the suggestion loads it
     assert loaded.pipe.unet.dtype == torch.float32
+
+
+def test_trial_pipelines_keep_every_module_dtype(tiny_model_dir):
+    """A trial's pipeline object shares the loaded modules as they are: diffusers' `from_pipe` would cast them all
+    to float32 (or all to one dtype, undoing the float32 layers T5 keeps in a half-precision pipeline)."""
+    source = resolve_model_source(ModelConfig(name="tiny-sd3", path=str(tiny_model_dir("sd3"))))
+    loaded = PipelineCache().get(source, "cpu", torch.float16)
+
+    def dtypes() -> dict[str, torch.dtype]:
+        return {f"{name}.{param}": tensor.dtype for name, module in loaded.pipe.components.items()
+                if isinstance(module, torch.nn.Module) for param, tensor in module.named_parameters()}
+
+    before = dtypes()
+    assert set(before.values()) == {torch.float16, torch.float32}  # T5 keeps its `wo` layers in float32
+    trial_pipe = loaded.for_trial("text2img", loaded.pipe.scheduler)
+    assert type(trial_pipe).__name__ == "StableDiffusion3Pipeline" and trial_pipe.transformer is loaded.pipe.transformer
+    assert loaded.for_trial("img2img", loaded.pipe.scheduler).vae is loaded.pipe.vae
+    assert dtypes() == before
