@@ -106,3 +106,28 @@ def resize_init_image(image: InitImage, width: int, height: int) -> InitImage:
     rgb = image.rgb.resize((width, height), Image.Resampling.LANCZOS)
     mask = image.mask.resize((width, height), Image.Resampling.NEAREST) if image.mask is not None else None
     return InitImage(rgb, mask)
+
+
+class InitImages:
+    """The init images of one sweep's trials: each source read or drawn once, hashed once, resized once per size.
+
+    A sweep's trials mostly share one image; drawing, hashing and resizing it again for each of 24 trials
+    cost 0.4 s here. The images are shared and never modified (diffusers copies them into tensors).
+    """
+
+    def __init__(self):
+        self._loaded: dict[str, tuple[InitImage, str]] = {}  # source -> the image and its digest
+        self._resized: dict[tuple[str, int, int], InitImage] = {}
+
+    def load(self, source: str) -> tuple[InitImage, str]:
+        """The image `init_image` names, and its content digest."""
+        if source not in self._loaded:
+            image = load_init_image(source)
+            self._loaded[source] = image, image_digest(image)
+        return self._loaded[source]
+
+    def resized(self, source: str, width: int, height: int) -> InitImage:
+        key = source, width, height
+        if key not in self._resized:
+            self._resized[key] = resize_init_image(self.load(source)[0], width, height)
+        return self._resized[key]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
+from functools import partial
 
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -23,6 +24,7 @@ from sweeplab.sweepaxes import read_axes
 def plan(overrides: list[str]) -> list[dict]:
     """Expand the sweep exactly as sweeplab's sweeper would (its grid times its zipped lists), then hash every
     trial."""
+    from sweeplab.images import InitImages
     from sweeplab.trial import prepare_trial
 
     preflight(["-m", *overrides])
@@ -32,7 +34,8 @@ def plan(overrides: list[str]) -> list[dict]:
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         sweeper = compose("config", fixed, return_hydra_config=True).hydra.sweeper  # as Hydra composes a multirun
         trials = read_axes(sweeper, task).trials()
-        return [_hash_trial(trial, compose("config", trial), prepare_trial) for trial in trials]
+        prepare = partial(prepare_trial, images=InitImages())
+        return [_hash_trial(trial, compose("config", trial), prepare) for trial in trials]
 
 
 def _hash_trial(trial: list[str], cfg, prepare_trial) -> dict:

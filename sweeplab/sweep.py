@@ -106,15 +106,17 @@ class PlannedTrial:
 
 def plan_trials(jobs: list[ComposedJob]) -> list[PlannedTrial]:
     """Validate every job before any model loads; an invalid one keeps its one-line error."""
+    from sweeplab.images import InitImages
     from sweeplab.trial import prepare_trial
 
+    images = InitImages()  # the sweep's trials mostly share one init image
     planned = []
     for job in jobs:
         if job.cfg is None:
             planned.append(PlannedTrial(job, error=job.error))
             continue
         try:
-            planned.append(PlannedTrial(job, trial=prepare_trial(job.cfg)))
+            planned.append(PlannedTrial(job, trial=prepare_trial(job.cfg, images)))
         except ConfigError as err:
             planned.append(PlannedTrial(job, error=str(err)))
     return planned

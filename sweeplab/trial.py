@@ -18,10 +18,9 @@ from sweeplab.images import (
     SMALL_IMAGE_WARNING,
     SMALL_SIDE,
     InitImage,
+    InitImages,
     fit_within,
     image_digest,
-    load_init_image,
-    resize_init_image,
 )
 from sweeplab.families import ModelFamily
 from sweeplab.lora import LoraWeights, parse_loras
@@ -131,8 +130,10 @@ class Trial:
         return replace(self, spec=spec, init=init, warnings=())
 
 
-def prepare_trial(cfg: DictConfig) -> Trial:
-    """Validate one trial's config, cheapest checks first, and load its init image."""
+def prepare_trial(cfg: DictConfig, images: InitImages | None = None) -> Trial:
+    """Validate one trial's config, cheapest checks first, and load its init image (through `images`, a sweep's
+    shared ones, when given)."""
+    images = images or InitImages()
     conf = validate_config(cfg)
     text2img = conf.init_image is None
     if text2img:
@@ -148,7 +149,7 @@ def prepare_trial(cfg: DictConfig) -> Trial:
     _check_family(conf, family)
     steps = _resolve_steps(conf, family)
     _check_denoises(conf, steps, family)
-    image = None if text2img else load_init_image(conf.init_image)
+    image, digest = (None, "") if text2img else images.load(conf.init_image)
     width, height = _trial_size(conf, *(image.rgb.size if image else (0, 0)), family.size_multiple)
     device = resolve_device(conf.device)
     dtype = resolve_dtype(conf.dtype, device)
@@ -172,7 +173,7 @@ def prepare_trial(cfg: DictConfig) -> Trial:
         prompt=prompt,
         negative_prompt=conf.negative_prompt,
         init_image=conf.init_image or "null",  # as the user wrote it
-        init_image_sha256=image_digest(image) if image else "",
+        init_image_sha256=digest,
         strength=conf.strength,
         steps=steps,
         seed=conf.seed,
@@ -192,7 +193,7 @@ def prepare_trial(cfg: DictConfig) -> Trial:
         steps_taken_target=conf.steps_taken_target,
         lora=loras,
     )
-    init = resize_init_image(image, width, height) if image else None
+    init = images.resized(conf.init_image, width, height) if image else None
     return Trial(spec, init, conf.preview, tuple(warnings), conf.iterations, template, conf.resume, conf.compile)
 
 

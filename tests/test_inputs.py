@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from sweeplab.errors import ConfigError
-from sweeplab.images import fit_within, load_init_image
+from sweeplab.images import InitImages, fit_within, load_init_image
 from sweeplab.trial import prepare_trial
 
 
@@ -115,3 +115,16 @@ def test_small_init_image_warns_as_the_doc_does(compose_config, tmp_path):
     trial = prepare_trial(compose_config(f"init_image={path}"))
     assert any("smaller than 512x512" in w and "fit" in w for w in trial.warnings)
     assert not prepare_trial(compose_config("init_image=fireplace")).warnings
+
+
+def test_a_sweeps_trials_share_one_drawing_of_their_init_image(compose_config):
+    """The planner draws, hashes and resizes an image once for all the trials that use it, and each trial is
+    the trial it would be alone."""
+    images = InitImages()
+    first, second = (prepare_trial(compose_config(f"seed={seed}", "width=256", "height=256"), images)
+                     for seed in (1, 2))
+    smaller = prepare_trial(compose_config("seed=2", "width=128", "height=128"), images)
+    alone = prepare_trial(compose_config("seed=2", "width=256", "height=256"))
+    assert first.init is second.init and first.init.rgb.size == (256, 256) and smaller.init.rgb.size == (128, 128)
+    assert second.spec.config_hash == alone.spec.config_hash
+    assert second.init.rgb.tobytes() == alone.init.rgb.tobytes()
