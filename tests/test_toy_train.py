@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from sweeplab.toy.scenes import COLOURS, caption, random_scene, render
-from sweeplab.toy.train import Checkpoint, NormInputPeaks, TrainConfig, train
+from sweeplab.toy.train import Checkpoint, NormInputPeaks, TrainConfig, build_dataset, train
 
 TINY = dict(scenes=6, image_size=64, vae_crop=32, vae_batch=2, vae_whole_steps=1, vae_whole_pixels=4096,
             unet_sizes="32,64", unet_latent_pixels=32, repair_steps=0,
@@ -32,6 +32,20 @@ def test_scenes_are_seeded_and_captioned():
     centre = tuple(int(v * 64) for v in (scene.cy, scene.cx))
     target = np.array(COLOURS[scene.colour])
     assert np.abs(sketch[centre] - target).max() < 40  # the object is where the scene says, in its colour
+
+
+def test_the_dataset_is_the_seeded_scenes_in_order_whatever_renders_them(tmp_path):
+    """The dataset is rendered by a pool of processes; it holds each scene of the seeded sequence, in order,
+    beside its sketch and its caption, drawn from one generator as a loop would."""
+    config = TrainConfig(**{**TINY, "scenes": 9})
+    data = build_dataset(config, tmp_path)
+    rng = random.Random(config.seed)
+    for index in range(config.scenes):
+        scene = random_scene(rng)
+        assert data["captions"][index] == caption(scene, rng)
+        assert np.array_equal(data["photos"][index], np.asarray(render(scene, config.image_size)))
+        assert np.array_equal(data["sketches"][index], np.asarray(render(scene, config.image_size, sketch=True)))
+    assert build_dataset(config, tmp_path)["captions"] == data["captions"]  # read back from the cache
 
 
 def test_training_writes_a_pipeline_and_resumes(tmp_path):
