@@ -1,9 +1,8 @@
 """Runs a planned sweep: models loaded once, trials batched, logging overlapped with the next trial.
 
 Data flows one way: composed jobs -> planned trials (sweep.py) -> pipeline calls (runner.py) -> plain
-results -> the tracker. Store calls run on two background threads (`RunWriter`), so that the main thread
-only denoises: one creates each trial's RUNNING run as the trial starts, the other logs the results in
-order while the main thread denoises the next trial.
+results -> the tracker. Each trial's run is created RUNNING before it denoises; its results go through
+`RunWriter`, one background thread that logs them in order while the main thread denoises the next.
 The failure policy lives in `SweepEngine`, apart from the trial:
 an invalid trial is a FAILED run before any model loads, a trial that raises is FAILED and the sweep goes
 on, and an interruption drains what the writer holds, closes every run still open as KILLED and stops.
@@ -55,9 +54,9 @@ class RunWriter:
     wait rather than run far ahead of the store. Tasks handle their own errors; the thread never dies.
     """
 
-    def __init__(self, name: str, max_pending: int = 2):
+    def __init__(self, max_pending: int = 2):
         self._queue: queue.Queue = queue.Queue(maxsize=max_pending)
-        self._thread = threading.Thread(target=self._work, name=name, daemon=True)
+        self._thread = threading.Thread(target=self._work, name="sweeplab-writer", daemon=True)
         self._thread.start()
 
     def submit(self, task: Callable[[], None]) -> None:
@@ -83,23 +82,12 @@ class RunWriter:
 
 @dataclass
 class TrialRun:
-    """A trial's MLflow run, created by the engine's opener thread while the trial starts to denoise."""
+    """A trial's MLflow run; `run_id` is None when the store could not create it."""
 
     planned: PlannedTrial
     tracker: object
     label: str
-    _run_id: str | None = field(default=None, init=False, repr=False)
-    _created: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
-
-    @property
-    def run_id(self) -> str | None:
-        """The run's id once the store has created it; None when it could not."""
-        self._created.wait()
-        return self._run_id
-
-    def created(self, run_id: str | None) -> None:
-        self._run_id = run_id
-        self._created.set()
+    run_id: str | None = None
 
 
 @dataclass
@@ -119,7 +107,7 @@ class SweepEngine:
 
         if self.models is None:
             self.models = PipelineCache(self.settings.max_loaded_models)
-        opener = writer = None
+        writer = None
         try:
             if any(job.run_name is None for job in jobs if job.cfg is not None):  # unless the launcher named them
                 plan_run_names(jobs)
@@ -131,21 +119,19 @@ class SweepEngine:
                 self._record_invalid(invalid)
             self._close_orphans()
             runnable = self._skip_finished([p for p in planned if p.trial is not None])
-            opener, writer = RunWriter("sweeplab-opener"), RunWriter("sweeplab-writer")
+            writer = RunWriter()
             groups = batches(cost_order(runnable), self.settings.batch_size)
             for group in _progress(groups, total=len(runnable)):
                 interrupts.check()
                 if self._store_failure:  # stop, rather than have every remaining trial fail against it
                     raise StoreError(f"the MLflow store failed mid-sweep ({self._store_failure}); the trials "
                                      "not yet run are not tried: run the same command again to resume")
-                self._run_group(group, opener, writer)
-            opener.close()
+                self._run_group(group, writer)
             writer.close()
         except BaseException as err:
             interrupts.hold()
-            for thread in (opener, writer):  # every run the opener creates is open, and then closed below
-                if thread is not None and not thread.close(WRITER_DRAIN_SECONDS):
-                    log.warning("sweeplab: store calls still queued after %d s are not made", WRITER_DRAIN_SECONDS)
+            if writer is not None and not writer.close(WRITER_DRAIN_SECONDS):
+                log.warning("sweeplab: results still queued after %d s are not logged", WRITER_DRAIN_SECONDS)
             reason = (f"interrupted: {err}" if isinstance(err, KeyboardInterrupt) else
                       f"sweep stopped: {_one_line(err)}" if isinstance(err, StoreError) else
                       f"sweep stopped: {type(err).__name__}: {err}")
@@ -227,11 +213,11 @@ class SweepEngine:
 
     # -- running ---------------------------------------------------------------------------------
 
-    def _run_group(self, group: list[PlannedTrial], opener: RunWriter, writer: RunWriter) -> None:
+    def _run_group(self, group: list[PlannedTrial], writer: RunWriter) -> None:
         if group[0].trial.iterations > 1:
-            self._run_chain(group[0], opener, writer)
+            self._run_chain(group[0], writer)
             return
-        runs = [self._start(planned, planned.trial, opener) for planned in group]
+        runs = [self._start(planned, planned.trial) for planned in group]
         try:
             results = self._denoise([planned.trial for planned in group], runs)
         except Exception as err:  # noqa: BLE001 - a failing trial is recorded and the sweep goes on
@@ -253,11 +239,11 @@ class SweepEngine:
             return
         self._finish(run, planned.trial, result, writer)
 
-    def _run_chain(self, planned: PlannedTrial, opener: RunWriter, writer: RunWriter) -> None:
+    def _run_chain(self, planned: PlannedTrial, writer: RunWriter) -> None:
         """iterations=n: each link starts from the previous output and is its own run, tagged with the one before."""
         trial, previous = planned.trial, None
         for iteration in range(trial.iterations):
-            run = self._start(planned, trial, opener, previous, label=f"{planned.label}.{iteration}")
+            run = self._start(planned, trial, previous, label=f"{planned.label}.{iteration}")
             try:
                 (result,) = self._denoise([trial], [run])
             except Exception as err:  # noqa: BLE001
@@ -278,30 +264,22 @@ class SweepEngine:
 
     # -- what the writer does --------------------------------------------------------------------
 
-    def _start(self, planned: PlannedTrial, trial, opener: RunWriter, previous: TrialRun | None = None,
+    def _start(self, planned: PlannedTrial, trial, previous: TrialRun | None = None,
                label: str | None = None) -> TrialRun:
-        """Have the trial's RUNNING run created as the trial starts to denoise, on the opener thread: not on
-        the writer's, which may be a trial behind (a run must show while its trial runs), and not on this
-        one, which would wait for the store (a quarter of a second per trial here) instead of denoising."""
+        """Create the trial's RUNNING run before it denoises, from this thread: the writer may be a trial
+        behind (the store process runs at the lowest priority), and a run must show while its trial runs."""
         run = TrialRun(planned, self.tracker_for(planned.job), label or self._label(planned))
         tags = self._run_tags(planned, trial)
         if previous is not None and previous.run_id:
             tags["sweeplab.previous_run_id"] = previous.run_id
-        name, params = _run_name(planned, trial), trial.spec.params()
-
-        def create() -> None:
-            run_id = None
-            try:
-                run_id = run.tracker.start_run(name, params, tags, self.parent_run_id)
-            except Exception as err:  # noqa: BLE001 - the trial still runs; its failure to log is reported
-                message = f"could not create its run: {_one_line(err)}"
-                _print_error(self._where(planned), message)
-                outcome.record_failure(message)
-                self._store_failure = self._store_failure or _one_line(err)
-            finally:
-                run.created(run_id)
-
-        opener.submit(create)
+        try:
+            run.run_id = run.tracker.start_run(_run_name(planned, trial), trial.spec.params(), tags,
+                                               self.parent_run_id)
+        except Exception as err:  # noqa: BLE001 - the trial still runs; its failure to log is reported
+            message = f"could not create its run: {_one_line(err)}"
+            _print_error(self._where(planned), message)
+            outcome.record_failure(message)
+            self._store_failure = self._store_failure or _one_line(err)
         return run
 
     def _finish(self, run: TrialRun, trial, result, writer: RunWriter) -> None:
