@@ -67,8 +67,11 @@ def max_overlap(runs) -> int:
     return most
 
 
-def sweeplab(*args: str, cwd: Path) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+def sweeplab(*args: str, cwd: Path, omp_threads: str | None = "1") -> subprocess.Popen:
+    """`sweeplab -m` with OMP_NUM_THREADS (None: unset, each SLURM task then picks its own)."""
+    env = {key: value for key, value in os.environ.items() if key != "OMP_NUM_THREADS"}
+    if omp_threads is not None:
+        env["OMP_NUM_THREADS"] = omp_threads
     return subprocess.Popen([str(SWEEPLAB), "-m", *args], cwd=cwd, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
@@ -107,11 +110,13 @@ def test_24_trials_on_slurm_run_4_at_once_and_log_one_finished_child_each(slurm_
     assert max_overlap(children) >= 2  # several workers wrote to the server at once
 
 
-def test_chunked_slurm_tasks_load_the_model_once_each(slurm_cluster, mlflow_server, tmp_path):
+def test_chunked_slurm_tasks_load_the_model_once_each_and_use_the_cpus_they_were_given(
+    slurm_cluster, mlflow_server, tmp_path
+):
     experiment, job_name = unique("chunked"), unique("sweeplab-test")
     launcher = sweeplab(*slurm_launcher(job_name), "hydra.launcher.trials_per_task=12", "tracking=server",
                         f"tracking.uri={mlflow_server}", f"tracking.experiment={experiment}", *TINY,
-                        "sampler=k_lms,k_euler", "seed=range(0,12)", cwd=tmp_path)
+                        "sampler=k_lms,k_euler", "seed=range(0,12)", cwd=tmp_path, omp_threads=None)
     started = time.monotonic()
     _, err = launcher.communicate(timeout=900)
     print(f"24 trials in 2 SLURM tasks in {time.monotonic() - started:.1f} s", file=sys.stderr)
@@ -121,6 +126,8 @@ def test_chunked_slurm_tasks_load_the_model_once_each(slurm_cluster, mlflow_serv
     assert len(children) == 24 and {c.info.status for c in children} == {"FINISHED"}
     tasks = Counter(c.data.tags["sweeplab.slurm_job"] for c in children)
     assert sorted(tasks.values()) == [12, 12]
+    # cpus_per_task=1: one torch thread each, not one per core of the node (this cluster does not bind CPUs)
+    assert {c.data.tags["sweeplab.torch_threads"] for c in children} == {"1"}
     # the tasks are cut by sampler (cost order), yet each run is named as in the whole sweep
     assert sorted(c.info.run_name for c in children) == sorted(
         f"sampler={sampler} seed={seed}" for sampler in ("k_lms", "k_euler") for seed in range(12))
