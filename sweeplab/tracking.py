@@ -398,7 +398,7 @@ def environment_tags(device: str | None = None, dtype: str | None = None) -> dic
 
     tags = {
         VERSION_TAG: __version__,
-        TORCH_VERSION_TAG: torch.__version__,
+        TORCH_VERSION_TAG: str(torch.__version__),  # a str subclass whose unpickling imports torch: plain str
         DIFFUSERS_VERSION_TAG: diffusers.__version__,
         TORCH_THREADS_TAG: str(torch.get_num_threads()),
         CPU_CAPABILITY_TAG: torch.backends.cpu.get_cpu_capability(),

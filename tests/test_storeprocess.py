@@ -39,6 +39,30 @@ def test_a_sweep_logs_everything_without_importing_mlflow_itself(tmp_path):
     assert parent.data.metrics["trials_finished"] == 2 and "sweeplab.torch_version" in parent.data.tags
 
 
+# Opens a store in its own process before torch is imported, as a sweep does, creates a run with the tags every
+# trial's run carries (environment_tags imports torch in this process), then says whether the store's process
+# has torch mapped: a torch object among a call's arguments makes it import torch (seconds) to unpickle them.
+RUN_WITH_TRIAL_TAGS = textwrap.dedent("""
+    import sys
+    from sweeplab.storeprocess import StoreProcess
+    from sweeplab.tracking import environment_tags
+    store = StoreProcess()
+    tracker = store.tracker(sys.argv[1], "imports")
+    tracker.start_run("trial", {"seed": "1"}, environment_tags("cpu", "float32"), None)
+    print("torch in the sweep:", "torch" in sys.modules)
+    with open(f"/proc/{store._manager._process.pid}/maps") as maps:
+        print("torch in the store:", "libtorch" in maps.read())
+""")
+
+
+def test_the_store_process_never_imports_torch(tmp_path):
+    done = subprocess.run([sys.executable, "-c", RUN_WITH_TRIAL_TAGS, f"sqlite:///{tmp_path / 'mlflow.db'}"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "torch in the sweep: True" in done.stdout
+    assert "torch in the store: False" in done.stdout
+
+
 # Starts a StoreProcess, prints its server's pid, and waits to be killed.
 HOLD_A_STORE = textwrap.dedent("""
     import time
