@@ -29,6 +29,9 @@ from sweeplab.sweep import ComposedJob, PlannedTrial, batches, cost_order, plan_
 log = logging.getLogger("sweeplab")
 
 WRITER_DRAIN_SECONDS = 60  # how long an interruption waits for queued results to reach the store
+# Trials' results waiting for the writer: with the one it logs and the one the main thread starts, how many
+# trials can be in flight when the store fails or a signal comes.
+WRITER_QUEUE = 2
 
 
 @dataclass(frozen=True)
@@ -54,7 +57,7 @@ class RunWriter:
     wait rather than run far ahead of the store. Tasks handle their own errors; the thread never dies.
     """
 
-    def __init__(self, max_pending: int = 2):
+    def __init__(self, max_pending: int = WRITER_QUEUE):
         self._queue: queue.Queue = queue.Queue(maxsize=max_pending)
         self._thread = threading.Thread(target=self._work, name="sweeplab-writer", daemon=True)
         self._thread.start()
