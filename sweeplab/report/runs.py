@@ -236,11 +236,13 @@ class Artifacts:
 
     def fetch(self, frame: pd.DataFrame, names: tuple[str, ...]) -> None:
         """Download the named artifacts of every finished run, with a progress bar."""
-        wanted = [(run_id, name) for run_id in frame.loc[frame["status"] == "FINISHED", "run_id"] for name in names
+        finished = frame[frame["status"] == "FINISHED"]
+        roots = finished["artifact_uri"] if "artifact_uri" in finished else [None] * len(finished)
+        wanted = [(run_id, name, root) for run_id, root in zip(finished["run_id"], roots) for name in names
                   if (run_id, name) not in self._images]
         bar = tqdm(wanted, desc="artifacts", unit="file", disable=not (wanted and self.progress), leave=False)
-        for run_id, name in bar:
-            with Image.open(self._download(run_id, name)) as image:
+        for run_id, name, root in bar:
+            with Image.open(_local_artifact(root, name) or self._download(run_id, name)) as image:
                 self._images[(run_id, name)] = image.convert("RGB")
 
     def image(self, run_id: str, name: str) -> Image.Image:
@@ -262,3 +264,14 @@ class Artifacts:
 
     def close(self) -> None:
         self._tmp.cleanup()
+
+
+def _local_artifact(artifact_uri: str | None, name: str) -> Path | None:
+    """The artifact's own file when the run's artifacts are local files (a SQLite store's mlartifacts/): read in
+    place, without MLflow's download, which looks the run up again and copies the file (15 ms a file)."""
+    if not artifact_uri or not artifact_uri.startswith("file:"):
+        return None
+    from mlflow.utils.file_utils import local_file_uri_to_path
+
+    path = Path(local_file_uri_to_path(artifact_uri)) / name
+    return path if path.is_file() else None

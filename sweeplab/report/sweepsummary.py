@@ -18,6 +18,7 @@ from sweeplab.report.runs import (PARAM_KEYS, PARENT_TAG, Artifacts, ReportError
 from sweeplab.tracking import SKIPPED_TAG_PREFIX, SUMMARY_GRID, SUMMARY_TABLE
 
 CELL = 128  # px: a grid cell's width; enough to tell outputs apart, small enough to log in a moment
+SUMMARY_PNG_LEVEL = 1  # zlib's fastest: the grid is written while the sweep's user waits, and not kept in git
 MAX_GRID_AXES = 3  # columns, rows and one grid per value of a third key; past that the trials no longer fit a grid
 
 
@@ -57,7 +58,7 @@ def _grids(frame: pd.DataFrame, client, keys: list[str]) -> tuple[list[bytes], s
         return [], (f"No grid: {len(keys)} keys vary ({', '.join(keys)}); pick three with "
                     "sweeplab-report grid --sweep RUN_ID --x KEY --y KEY --z KEY.")
     axes = keys if len(keys) > 1 else [keys[0], next(key for key in PARAM_KEYS if key not in keys)]
-    report = Report("grid", "grid")
+    report = Report("grid", "grid", png_level=SUMMARY_PNG_LEVEL)
     artifacts = Artifacts(client, progress=False)
     try:
         add_grids(report, frame, artifacts, axes, style=GridStyle(cell=CELL))
