@@ -371,12 +371,11 @@ def write_step_images(folder: Path, images: list, timestamp_ms: int) -> None:
 
 
 def config_yaml(config: dict) -> str:
-    """A trial's resolved config as OmegaConf.to_yaml writes it, from plain data through libyaml when it is there:
-    OmegaConf rebuilds a DictConfig first (4 ms a trial against 0.2)."""
+    """A trial's resolved config as OmegaConf.to_yaml writes it, from the plain dict: OmegaConf rebuilds a
+    DictConfig first (4 ms a trial against 1). Not libyaml's dumper: it escapes characters such as emoji."""
     import yaml
 
-    dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
-    return yaml.dump(config, Dumper=dumper, default_flow_style=False, allow_unicode=True, sort_keys=False)
+    return yaml.dump(config, Dumper=yaml.SafeDumper, default_flow_style=False, allow_unicode=True, sort_keys=False)
 
 
 def owner_tag() -> dict[str, str]:

@@ -88,3 +88,17 @@ def test_a_token_on_the_command_line_never_reaches_mlflow(sweeplab_cli, tmp_path
     child = next(r for r in runs if "mlflow.parentRunId" in r.data.tags)
     config = Path(client.download_artifacts(child.info.run_id, "config.yaml", str(tmp_path))).read_text()
     assert "hf_do_not_log_me" not in config and f"token: '{REDACTED}'" in config
+
+
+@pytest.mark.parametrize("prompt", ["a red circle", "yes", "1.0", "null", "1_000", "ünïcode 🦊", "two\nlines",
+                                    "colon: here", "# not a comment", "'quoted'", " padded ", "~"])
+def test_a_trials_config_yaml_is_the_text_omegaconf_writes(compose_config, prompt):
+    import yaml
+    from omegaconf import OmegaConf
+
+    from sweeplab.tracking import config_yaml
+
+    config = OmegaConf.to_container(compose_config(), resolve=True)
+    config["prompt"] = config["negative_prompt"] = prompt
+    assert config_yaml(config) == OmegaConf.to_yaml(config)
+    assert yaml.safe_load(config_yaml(config)) == config
