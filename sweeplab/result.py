@@ -32,7 +32,7 @@ class TrialResult:
     warnings: list[str]  # things the user should know, e.g. a truncated prompt
     batch_size: int  # how many trials shared the pipeline call
     start_image: Image.Image = field(repr=False)  # start_latent rendered
-    step_images: list[Image.Image] = field(repr=False)  # step_latents rendered
+    step_images: list[Image.Image] = field(repr=False)  # step_latents rendered; none when they are not logged
     latent_strip: Image.Image = field(repr=False)
 
     def for_store(self) -> TrialResult:

@@ -165,7 +165,7 @@ def run_batch(trials: list[Trial], loaded: LoadedModel, progress_desc: str | Non
                 tokenizer, prompt=trial.spec.prompt, negative_prompt=trial.spec.negative_prompt)],
             batch_size=len(trials),
             start_image=renderer.render(start_latent),
-            step_images=[renderer.render(latent) for latent in latents],
+            step_images=[renderer.render(latent) for latent in latents] if trial.step_images else [],
             latent_strip=renderer.strip(latents, trial.preview.tile_size),
         ))
     return results

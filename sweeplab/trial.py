@@ -122,6 +122,7 @@ class Trial:
     prompt_template: tuple[str, str] | None = None  # Prompt S/R: (search, replace)
     resume: bool = True  # in a sweep, reuse a FINISHED run of the same config hash instead of running
     compile: bool = False  # run the denoiser through torch.compile; same trial, same hash
+    step_images: bool = True  # render every step's latent as a preview: tracking.log_step_images logs them
 
     def next_iteration(self, output: Image.Image) -> "Trial":
         """The next link of an iterations chain: this trial's output becomes the init image."""
@@ -194,7 +195,8 @@ def prepare_trial(cfg: DictConfig, images: InitImages | None = None) -> Trial:
         lora=loras,
     )
     init = images.resized(conf.init_image, width, height) if image else None
-    return Trial(spec, init, conf.preview, tuple(warnings), conf.iterations, template, conf.resume, conf.compile)
+    return Trial(spec, init, conf.preview, tuple(warnings), conf.iterations, template, conf.resume, conf.compile,
+                 conf.tracking.log_step_images)
 
 
 def _check_text2img(conf: SweeplabConfig) -> None:

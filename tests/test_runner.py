@@ -44,6 +44,12 @@ def test_doc_trial_takes_the_doc_step_counts(run, strength, expected_steps):
     assert len(result.step_images) == expected_steps and result.seconds > 0
 
 
+def test_step_previews_are_rendered_only_when_they_are_logged(run):
+    result, _ = run("strength=0.4", "tracking.log_step_images=false")
+    assert result.step_images == [] and result.steps_taken == 4
+    assert result.latent_strip.size == (96 * 4, 96) and result.start_image.size == (48, 48)  # logged either way
+
+
 @pytest.mark.parametrize(
     ("sampler", "steps", "strength"),
     [("k_heun", 10, 0.7), ("k_dpm_2", 10, 0.4), ("plms", 10, 0.7), ("k_heun", 29, 0.7), ("k_euler", 29, 0.7)],
