@@ -1,8 +1,8 @@
 """Runs a planned sweep: models loaded once, trials batched, logging overlapped with the next trial.
 
 Data flows one way: composed jobs -> planned trials (sweep.py) -> pipeline calls (runner.py) -> plain
-results -> the tracker. Two background threads (`RunWriter`s) talk to the store while the main thread denoises:
-the starter creates each trial's RUNNING run as the trial starts, the writer logs its results in order.
+results -> the tracker. Each trial's run is created RUNNING before it denoises; its results go through
+`RunWriter`, one background thread that logs them in order while the main thread denoises the next.
 The failure policy lives in `SweepEngine`, apart from the trial:
 an invalid trial is a FAILED run before any model loads, a trial that raises is FAILED and the sweep goes
 on, and an interruption drains what the writer holds, closes every run still open as KILLED and stops.
@@ -57,9 +57,9 @@ class RunWriter:
     wait rather than run far ahead of the store. Tasks handle their own errors; the thread never dies.
     """
 
-    def __init__(self, max_pending: int = WRITER_QUEUE, name: str = "sweeplab-writer"):
+    def __init__(self, max_pending: int = WRITER_QUEUE):
         self._queue: queue.Queue = queue.Queue(maxsize=max_pending)
-        self._thread = threading.Thread(target=self._work, name=name, daemon=True)
+        self._thread = threading.Thread(target=self._work, name="sweeplab-writer", daemon=True)
         self._thread.start()
 
     def submit(self, task: Callable[[], None]) -> None:
@@ -91,7 +91,6 @@ class TrialRun:
     tracker: object
     label: str
     run_id: str | None = None
-    created: threading.Event = field(default_factory=threading.Event)  # set once the store answered, run or not
 
 
 @dataclass
@@ -111,7 +110,7 @@ class SweepEngine:
 
         if self.models is None:
             self.models = PipelineCache(self.settings.max_loaded_models)
-        starter = writer = None
+        writer = None
         try:
             if any(job.run_name is None for job in jobs if job.cfg is not None):  # unless the launcher named them
                 plan_run_names(jobs)
@@ -123,7 +122,6 @@ class SweepEngine:
                 self._record_invalid(invalid)
             self._close_orphans()
             runnable = self._skip_finished([p for p in planned if p.trial is not None])
-            starter = RunWriter(self.settings.batch_size, name="sweeplab-run-start")
             writer = RunWriter()
             groups = batches(cost_order(runnable), self.settings.batch_size)
             for group in _progress(groups, total=len(runnable)):
@@ -131,14 +129,11 @@ class SweepEngine:
                 if self._store_failure:  # stop, rather than have every remaining trial fail against it
                     raise StoreError(f"the MLflow store failed mid-sweep ({self._store_failure}); the trials "
                                      "not yet run are not tried: run the same command again to resume")
-                self._run_group(group, starter, writer)
-            starter.close()
+                self._run_group(group, writer)
             writer.close()
         except BaseException as err:
             interrupts.hold()
-            # the starter first: the writer's tasks wait for their runs, and the runs left open are closed below
-            drained = [lane.close(WRITER_DRAIN_SECONDS) for lane in (starter, writer) if lane is not None]
-            if not all(drained):
+            if writer is not None and not writer.close(WRITER_DRAIN_SECONDS):
                 log.warning("sweeplab: results still queued after %d s are not logged", WRITER_DRAIN_SECONDS)
             reason = (f"interrupted: {err}" if isinstance(err, KeyboardInterrupt) else
                       f"sweep stopped: {_one_line(err)}" if isinstance(err, StoreError) else
@@ -221,11 +216,11 @@ class SweepEngine:
 
     # -- running ---------------------------------------------------------------------------------
 
-    def _run_group(self, group: list[PlannedTrial], starter: RunWriter, writer: RunWriter) -> None:
+    def _run_group(self, group: list[PlannedTrial], writer: RunWriter) -> None:
         if group[0].trial.iterations > 1:
-            self._run_chain(group[0], starter, writer)
+            self._run_chain(group[0], writer)
             return
-        runs = [self._start(starter, planned, planned.trial) for planned in group]
+        runs = [self._start(planned, planned.trial) for planned in group]
         try:
             results = self._denoise([planned.trial for planned in group], runs)
         except Exception as err:  # noqa: BLE001 - a failing trial is recorded and the sweep goes on
@@ -247,11 +242,11 @@ class SweepEngine:
             return
         self._finish(run, planned.trial, result, writer)
 
-    def _run_chain(self, planned: PlannedTrial, starter: RunWriter, writer: RunWriter) -> None:
+    def _run_chain(self, planned: PlannedTrial, writer: RunWriter) -> None:
         """iterations=n: each link starts from the previous output and is its own run, tagged with the one before."""
         trial, previous = planned.trial, None
         for iteration in range(trial.iterations):
-            run = self._start(starter, planned, trial, previous, label=f"{planned.label}.{iteration}")
+            run = self._start(planned, trial, previous, label=f"{planned.label}.{iteration}")
             try:
                 (result,) = self._denoise([trial], [run])
             except Exception as err:  # noqa: BLE001
@@ -272,28 +267,22 @@ class SweepEngine:
 
     # -- what the writer does --------------------------------------------------------------------
 
-    def _start(self, starter: RunWriter, planned: PlannedTrial, trial, previous: TrialRun | None = None,
+    def _start(self, planned: PlannedTrial, trial, previous: TrialRun | None = None,
                label: str | None = None) -> TrialRun:
-        """Have the starter create the trial's RUNNING run while the trial denoises: a run shows while its trial
-        runs, and the trial does not wait for the store (each call about 20 ms behind the writer's logging).
-        Not the writer: it may be trials behind (the store process runs at the lowest priority)."""
+        """Create the trial's RUNNING run before it denoises, from this thread: the writer may be a trial
+        behind (the store process runs at the lowest priority), and a run must show while its trial runs."""
         run = TrialRun(planned, self.tracker_for(planned.job), label or self._label(planned))
-        name, params, tags = _run_name(planned, trial), trial.spec.params(), self._run_tags(planned, trial)
-
-        def create() -> None:
-            if previous is not None and previous.run_id:  # created by now: the starter runs its tasks in order
-                tags["sweeplab.previous_run_id"] = previous.run_id
-            try:
-                run.run_id = run.tracker.start_run(name, params, tags, self.parent_run_id)
-            except Exception as err:  # noqa: BLE001 - the trial still runs; its failure to log is reported
-                message = f"could not create its run: {_one_line(err)}"
-                _print_error(self._where(planned), message)
-                outcome.record_failure(message)
-                self._store_failure = self._store_failure or _one_line(err)
-            finally:
-                run.created.set()
-
-        starter.submit(create)
+        tags = self._run_tags(planned, trial)
+        if previous is not None and previous.run_id:
+            tags["sweeplab.previous_run_id"] = previous.run_id
+        try:
+            run.run_id = run.tracker.start_run(_run_name(planned, trial), trial.spec.params(), tags,
+                                               self.parent_run_id)
+        except Exception as err:  # noqa: BLE001 - the trial still runs; its failure to log is reported
+            message = f"could not create its run: {_one_line(err)}"
+            _print_error(self._where(planned), message)
+            outcome.record_failure(message)
+            self._store_failure = self._store_failure or _one_line(err)
         return run
 
     def _finish(self, run: TrialRun, trial, result, writer: RunWriter) -> None:
@@ -304,7 +293,6 @@ class SweepEngine:
             log.warning("trial %s: %s", run.label, warning)
 
         def finish() -> None:
-            run.created.wait()
             if run.run_id is None:
                 return  # its run could not be created; already reported
             try:
@@ -334,7 +322,6 @@ class SweepEngine:
         outcome.record_failure(message)
 
         def fail() -> None:
-            run.created.wait()
             if run.run_id is not None:
                 run.tracker.end_run(run.run_id, "FAILED", message)
 
