@@ -26,7 +26,7 @@ chmod +x /tmp/site/bin/sweeplab
 python3 -c "import torch, diffusers, hydra, mlflow, sweeplab; print('device-run: torch', torch.__version__, 'cuda',
 torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else '-', 'diffusers',
 diffusers.__version__, 'mlflow', mlflow.__version__)" || exit 2
-nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv,noheader || true
+nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv,noheader 2>/dev/null || true
 
 status=0
 for task in "$@"; do
