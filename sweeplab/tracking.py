@@ -199,7 +199,8 @@ class MlflowTracker:
         if parent_run_id:
             tags = {**tags, "mlflow.parentRunId": parent_run_id}
         run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
-        self.open_runs[run.info.run_id] = run.info.artifact_uri  # in the same critical call: no RUNNING run goes unknown
+        # in the same critical call: no RUNNING run goes unknown
+        self.open_runs[run.info.run_id] = run.info.artifact_uri
         self.client.log_batch(run.info.run_id, params=[Param(k, shorten_param(k, v)) for k, v in params.items()])
         for key, value in params.items():
             if len(value) > MAX_PARAM_CHARS:
@@ -226,11 +227,9 @@ class MlflowTracker:
 
     def has_output(self, run: FinishedRun) -> bool:
         """Whether a run's output.png is still there: a file check for a local artifact store, else one listing."""
-        root = run.artifact_uri
-        if root.startswith("file:") or root.startswith("/"):
-            from mlflow.utils.file_utils import local_file_uri_to_path
-
-            return (Path(local_file_uri_to_path(root)) / OUTPUT_ARTIFACT).is_file()
+        folder = local_artifact_folder(run.artifact_uri)
+        if folder is not None:
+            return (folder / OUTPUT_ARTIFACT).is_file()
         return any(item.path == OUTPUT_ARTIFACT for item in self._list_artifacts(run.run_id))
 
     @interrupts.critical()
@@ -306,7 +305,8 @@ class MlflowTracker:
         the client's own call looks the run up again first (10 ms a trial, a quarter of its logging)."""
         from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
-        get_artifact_repository(self.open_runs[run_id], tracking_uri=self.client.tracking_uri).log_artifacts(str(folder))
+        repository = get_artifact_repository(self.open_runs[run_id], tracking_uri=self.client.tracking_uri)
+        repository.log_artifacts(str(folder))
 
     @interrupts.critical()
     def end_run(self, run_id: str, status: str = "FINISHED", error: str | None = None) -> None:
@@ -368,6 +368,16 @@ def write_step_images(folder: Path, images: list, timestamp_ms: int) -> None:
         image.save(folder / f"{stem}.png", compress_level=FAST_PNG_LEVEL)
         thumbnail = compress_image_size(image) if max(image.size) > COMPRESSED_IMAGE_SIZE else image
         thumbnail.save(folder / f"{stem}+compressed.webp", method=0)  # libwebp's fastest method
+
+
+def local_artifact_folder(artifact_uri: str) -> Path | None:
+    """The folder of a run's artifacts when they are local files (a SQLite store's mlartifacts/), to read in place;
+    None for an artifact server's URI."""
+    if not artifact_uri.startswith(("file:", "/")):
+        return None
+    from mlflow.utils.file_utils import local_file_uri_to_path
+
+    return Path(local_file_uri_to_path(artifact_uri))
 
 
 def config_yaml(config: dict) -> str:

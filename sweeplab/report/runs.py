@@ -15,7 +15,7 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
-from sweeplab.tracking import CONFIG_HASH_TAG, ERROR_TAG, SWEEP_TAG, resolve_tracking_uri
+from sweeplab.tracking import CONFIG_HASH_TAG, ERROR_TAG, SWEEP_TAG, local_artifact_folder, resolve_tracking_uri
 
 # The InvokeAI options, with the values they have when unused (captions leave those out).
 OPTION_DEFAULTS = {"fit": "False", "iteration": 0, "variation_amount": 0.0, "variation_seed": None,
@@ -267,11 +267,9 @@ class Artifacts:
 
 
 def _local_artifact(artifact_uri: str | None, name: str) -> Path | None:
-    """The artifact's own file when the run's artifacts are local files (a SQLite store's mlartifacts/): read in
-    place, without MLflow's download, which looks the run up again and copies the file (15 ms a file)."""
-    if not artifact_uri or not artifact_uri.startswith("file:"):
+    """The artifact's own file when the run's artifacts are local files: read in place, without MLflow's download,
+    which looks the run up again and copies the file (15 ms a file)."""
+    folder = local_artifact_folder(artifact_uri) if artifact_uri else None
+    if folder is None or not (folder / name).is_file():
         return None
-    from mlflow.utils.file_utils import local_file_uri_to_path
-
-    path = Path(local_file_uri_to_path(artifact_uri)) / name
-    return path if path.is_file() else None
+    return folder / name
