@@ -53,6 +53,12 @@ _FIT_SIZE = 128
 def _build_vae() -> AutoencoderKL:
     """Four blocks give SD's 8x downsampling; narrow channels keep 384x384 encode/decode cheap.
 
+    Eight GroupNorm groups, so each group spans 4 to 8 channels, as SD's VAE's 32 groups span 4 to 16 of its
+    128 to 512. With one channel per group (trained-v3's 32 groups) every channel is normalised by its own
+    spread over the whole image, which erases its absolute level, the colour of a flat background: the decoder
+    learnt to carry that level past the norm with a huge spike anchored in the bottom-left corner by the zero
+    padding, StyleGAN's "droplet", and painted it as a blob into every output (issue 20).
+
     The posterior's log-variance is pinned to -20: random weights would give
     logvar ~ 0, so sampled latents would be mostly noise, whereas the real SD
     VAE's posterior is nearly deterministic.
@@ -65,7 +71,7 @@ def _build_vae() -> AutoencoderKL:
         block_out_channels=(32, 32, 64, 64),
         layers_per_block=1,
         latent_channels=4,
-        norm_num_groups=32,
+        norm_num_groups=8,
         sample_size=384,
     )
     latent = vae.config.latent_channels

@@ -3,8 +3,7 @@
     python -m sweeplab.toy.train --workdir /tmp/toy-train            # full run, resumable
     python -m sweeplab.toy.train --workdir /tmp/toy-train --resume   # continue from the checkpoint
 
-Stage 1 trains the 8x VAE on finished scenes and sketches at several scales, penalising a corner spike
-that beats the decoder's GroupNorm (`NormInputPeaks`, issue 20: not yet effective, see the README); stage 2 trains
+Stage 1 trains the 8x VAE on finished scenes and sketches at several scales; stage 2 trains
 the UNet and the text encoder on pre-encoded latents of finished scenes, dropping captions
 now and then so that classifier-free guidance works. The UNet sees each scene at several
 sizes (128 to 384 px, a constant number of latent pixels per batch, like SDXL's buckets), so
@@ -62,11 +61,6 @@ class TrainConfig:
     vae_whole_steps: int = 600  # the last steps see whole scenes at the UNet's sizes, not crops
     vae_whole_pixels: int = 147456  # pixels per whole-scene batch: one 384 px scene, nine at 128 px
     vae_lr: float = 1e-3
-    # The decoder's GroupNorm inputs may peak at most this many standard deviations above their mean, per channel;
-    # beyond it the excess is penalised (`NormInputPeaks`): without the penalty the decoder learns a corner spike
-    # that paints a blob in every output (issue 20). The trained-v3 decoder's own features peaked at under 10.
-    vae_peak_limit: float = 12.0
-    vae_peak_weight: float = 0.05  # weight of that penalty beside the reconstruction loss; 0 turns it off
     unet_sizes: str = "128,256,384"  # image sizes the UNet trains at, one per batch
     unet_latent_pixels: int = 18432  # latent pixels per batch: 72 scenes at 128 px, 8 at 384 px
     unet_steps: int = 4000
@@ -100,9 +94,6 @@ class TrainConfig:
     def __post_init__(self):
         if self.prediction_type not in PREDICTION_TYPES:
             raise ValueError(f"prediction_type: {self.prediction_type!r} is not one of {', '.join(PREDICTION_TYPES)}")
-        if self.vae_peak_limit <= 0:
-            raise ValueError(f"vae_peak_limit: {self.vae_peak_limit} is not positive; it is a number of standard "
-                             "deviations, e.g. the default 12")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay: {self.ema_decay} is outside [0, 1); 0 turns the average off")
 
@@ -178,41 +169,6 @@ def _pin_posterior(vae) -> None:
         vae.quant_conv.bias[latent:] = -20.0
 
 
-class NormInputPeaks:
-    """How far the channels of the VAE decoder's GroupNorm inputs peak above their own spread, as a loss.
-
-    GroupNorm divides each group by its spread over the whole image. A decoder can learn to make one huge,
-    content-independent spike, anchored to a corner by the zero padding, that sets that spread in every image
-    and so lets the rest of its signal through unnormalised: StyleGAN's "droplet" (Karras et al. 2020). The
-    trained-v3 decoder did this in every channel of its upper layers (peaks 45 to 118 standard deviations, all
-    in the bottom-left corner), and the spike reached the output as a blob. Penalising peaks above `limit`
-    standard deviations is meant to remove the spike's lever. It does not yet: a spike's peak grows with the
-    positions measured, and on the 64 px training crops the spike stays under the limit (14 deviations after
-    150 steps from scratch, 33 at 256 px), so 150 steps gave the same decoder with the penalty as without.
-    """
-
-    def __init__(self, decoder: torch.nn.Module, limit: float):
-        self.limit = limit
-        self.excess: list[torch.Tensor] = []
-        self.hooks = [module.register_forward_pre_hook(self._measure)
-                      for module in decoder.modules() if isinstance(module, torch.nn.GroupNorm)]
-
-    def _measure(self, module, args) -> None:
-        flat = args[0].flatten(2)  # (batch, channels, positions), for convolution and attention inputs alike
-        deviation = flat - flat.mean(-1, keepdim=True)
-        peak = deviation.abs().amax(-1) / deviation.pow(2).mean(-1).sqrt().clamp_min(1e-6)
-        self.excess.append(F.relu(peak / self.limit - 1).mean())
-
-    def loss(self) -> torch.Tensor:
-        """The mean excess over the layers measured since the last call, which it clears."""
-        excess, self.excess = torch.stack(self.excess).mean(), []
-        return excess
-
-    def remove(self) -> None:
-        for hook in self.hooks:
-            hook.remove()
-
-
 def vae_batch(images: np.ndarray, config: TrainConfig, generator, whole: bool) -> torch.Tensor:
     """Crops of scenes downsampled by a random factor up to 3, like the UNet's smaller sizes; or whole
     scenes at a UNet size, since GroupNorm and attention statistics span the whole image."""
@@ -236,7 +192,6 @@ def train_vae(pipe, data: dict, config: TrainConfig, checkpoint: Checkpoint, sta
         optimizer.load_state_dict(state["optimizer"])
         start = state["step"]
     generator = np.random.default_rng(config.seed + 1 + start)
-    peaks = NormInputPeaks(vae.decoder, config.vae_peak_limit) if config.vae_peak_weight > 0 else None
     progress = tqdm(range(start, config.vae_steps), desc="VAE", initial=start, total=config.vae_steps)
     for step in progress:
         batch = vae_batch(images, config, generator, whole=step >= config.vae_steps - config.vae_whole_steps)
@@ -245,8 +200,6 @@ def train_vae(pipe, data: dict, config: TrainConfig, checkpoint: Checkpoint, sta
             group["lr"] = lr
         recon = vae.decode(vae.encode(batch).latent_dist.mode()).sample
         loss = F.mse_loss(recon, batch) + 0.5 * F.l1_loss(recon, batch)
-        if peaks:
-            loss = loss + config.vae_peak_weight * peaks.loss()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
@@ -256,8 +209,6 @@ def train_vae(pipe, data: dict, config: TrainConfig, checkpoint: Checkpoint, sta
         if (step + 1) % config.checkpoint_every == 0:
             checkpoint.save("vae", step + 1, {"vae": vae}, optimizer)
     checkpoint.save("vae", config.vae_steps, {"vae": vae}, optimizer)
-    if peaks:
-        peaks.remove()
     vae.eval()
 
 
