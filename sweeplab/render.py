@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -27,18 +28,20 @@ class LatentRenderer:
             self.factors = torch.as_tensor(factors, dtype=torch.float32)
             self.bias = torch.as_tensor(bias, dtype=torch.float32)
 
-    def render(self, latent: torch.Tensor) -> Image.Image:
+    def render_all(self, latents: torch.Tensor) -> list[Image.Image]:
+        """One image per latent of a stack [n, channels, h, w]: the linear map as one product for all of them
+        (the same pixels as one at a time, in half the time of a trial's 21 separate renders)."""
         if self.method == "vae":
-            return self._decode(latent)
-        rgb = latent.float().permute(1, 2, 0) @ self.factors + self.bias
-        return _to_image(rgb)
+            return [self._decode(latent) for latent in latents]
+        rgb = latents.float().permute(0, 2, 3, 1) @ self.factors + self.bias
+        return [Image.fromarray(pixels, "RGB") for pixels in _to_pixels(rgb)]
 
-    def strip(self, latents: torch.Tensor, tile_size: int) -> Image.Image:
-        """One tile per latent, left to right, like InvokeAI's *.steps.gravity.png."""
-        tiles = [self.render(latent).resize((tile_size, tile_size), Image.Resampling.NEAREST) for latent in latents]
-        strip = Image.new("RGB", (tile_size * max(1, len(tiles)), tile_size))
-        for index, tile in enumerate(tiles):
-            strip.paste(tile, (index * tile_size, 0))
+    @staticmethod
+    def strip(images: list[Image.Image], tile_size: int) -> Image.Image:
+        """One tile per rendered latent, left to right, like InvokeAI's *.steps.gravity.png."""
+        strip = Image.new("RGB", (tile_size * max(1, len(images)), tile_size))
+        for index, image in enumerate(images):
+            strip.paste(image.resize((tile_size, tile_size), Image.Resampling.NEAREST), (index * tile_size, 0))
         return strip
 
     @torch.no_grad()
@@ -48,7 +51,7 @@ class LatentRenderer:
         if getattr(vae.config, "shift_factor", None):  # SD 3.x and FLUX VAEs centre their latents
             scaled = scaled + vae.config.shift_factor
         decoded = vae.decode(scaled).sample[0].float().cpu()
-        return _to_image(decoded.permute(1, 2, 0))
+        return Image.fromarray(_to_pixels(decoded.permute(1, 2, 0)), "RGB")
 
 
 def read_latent_rgb(model_dir: str | Path) -> tuple | None:
@@ -60,6 +63,6 @@ def read_latent_rgb(model_dir: str | Path) -> tuple | None:
     return fitted["factors"], fitted["bias"]
 
 
-def _to_image(rgb_hwc: torch.Tensor) -> Image.Image:
-    pixels = ((rgb_hwc + 1) / 2).clamp(0, 1).mul(255).round().to(torch.uint8).numpy()
-    return Image.fromarray(pixels, "RGB")
+def _to_pixels(rgb: torch.Tensor) -> np.ndarray:
+    """uint8 pixels of RGB values in [-1, 1], channels last (one image or a stack)."""
+    return ((rgb + 1) / 2).clamp(0, 1).mul(255).round().to(torch.uint8).numpy()

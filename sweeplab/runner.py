@@ -150,6 +150,7 @@ def run_batch(trials: list[Trial], loaded: LoadedModel, progress_desc: str | Non
     for index, (trial, output) in enumerate(zip(trials, outputs)):
         latents = step_latents[:, index]
         start_latent = start_latents[index]
+        start_image, *step_images = renderer.render_all(torch.cat([start_latent[None], latents]))
         results.append(TrialResult(
             output=output,
             init_image=trial.init.rgb if trial.init else None,
@@ -164,8 +165,8 @@ def run_batch(trials: list[Trial], loaded: LoadedModel, progress_desc: str | Non
             warnings=[*trial.warnings, *truncation_warnings(
                 tokenizer, prompt=trial.spec.prompt, negative_prompt=trial.spec.negative_prompt)],
             batch_size=len(trials),
-            start_image=renderer.render(start_latent),
-            step_images=[renderer.render(latent) for latent in latents] if trial.step_images else [],
-            latent_strip=renderer.strip(latents, trial.preview.tile_size),
+            start_image=start_image,
+            step_images=step_images if trial.step_images else [],
+            latent_strip=renderer.strip(step_images, trial.preview.tile_size),
         ))
     return results

@@ -50,6 +50,26 @@ def test_step_previews_are_rendered_only_when_they_are_logged(run):
     assert result.latent_strip.size == (96 * 4, 96) and result.start_image.size == (48, 48)  # logged either way
 
 
+def test_previews_rendered_together_are_each_latents_own_and_tile_the_strip(run):
+    """The linear map runs once over a trial's start and step latents: each preview has the pixels its latent
+    gives alone, and the strip's tiles are those previews."""
+    from PIL import Image
+
+    from sweeplab.render import LatentRenderer, read_latent_rgb
+    from sweeplab.toy import toy_model_dir
+
+    result, _ = run("strength=0.4")
+    renderer = LatentRenderer("linear", None, read_latent_rgb(toy_model_dir()))
+    latents = torch.cat([result.start_latent[None], result.step_latents])
+    alone = [renderer.render_all(latent[None])[0] for latent in latents]
+    assert [image.tobytes() for image in alone] == [result.start_image.tobytes(),
+                                                    *(image.tobytes() for image in result.step_images)]
+    tile = result.latent_strip.height
+    for index, image in enumerate(result.step_images):
+        expected = image.resize((tile, tile), Image.Resampling.NEAREST)
+        assert result.latent_strip.crop((index * tile, 0, (index + 1) * tile, tile)).tobytes() == expected.tobytes()
+
+
 @pytest.mark.parametrize(
     ("sampler", "steps", "strength"),
     [("k_heun", 10, 0.7), ("k_dpm_2", 10, 0.4), ("plms", 10, 0.7), ("k_heun", 29, 0.7), ("k_euler", 29, 0.7)],
