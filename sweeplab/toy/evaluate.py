@@ -19,6 +19,9 @@ Every scene here is held out: drawn from its own seed, never from the training o
   connected region of saturated colour that the init image has nowhere near it, at least
   `MIN_ARTEFACT_PIXELS` large, within the border band (issue 20: trained-v3 drew one in the
   bottom-left corner of every output).
+- **Decoder spikes**: on VAE round trips of scenes and sketches, the share of the channels of the
+  decoder's GroupNorm inputs that peak above `SPIKE_DEVIATIONS` standard deviations of their own
+  spread: the mechanism behind trained-v3's blob, a corner spike that beat one-channel groups.
 
 Sampling is what a sweep does by default: k_lms, cfg_scale 7.5, a CPU generator per sample.
 """
@@ -54,6 +57,8 @@ COLOUR_REACH = 4  # px: a colour the init image has this close to a pixel is not
 MIN_ARTEFACT_PIXELS = 16  # a new saturated region this large near the border is an artefact ...
 MAX_ARTEFACT_EXTENT = 0.25  # ... if it spans at most this share of the side each way: larger is a recoloured edge
 MAX_ARTEFACT_SHARE = 0.05  # target: at most this share of outputs with a border artefact
+SPIKE_DEVIATIONS = 12.0  # a decoder channel peaking this far above its own spread is a spike ...
+MAX_SPIKE_SHARE = 0.01  # ... target: at most this share of channels (trained-v3: a third, up to 118 deviations)
 
 
 @dataclass
@@ -80,6 +85,7 @@ class Figures:
     distance_by_strength: dict  # strength -> mean RMS distance to the init image, pixels in [0, 1]
     border_artefact_share: float  # share of the strength sweep's outputs with a border artefact
     border_artefact_pixels: dict  # "index @ strength" -> the artefact's size, for each output that has one
+    decoder_spike_share: float  # share of decoder GroupNorm input channels above SPIKE_DEVIATIONS
 
     @property
     def strictly_rising(self) -> bool:
@@ -187,6 +193,32 @@ def vae_psnr(vae, scenes: list[Scene], size: int) -> dict[str, float]:
         errors[name] = (decoded - images).pow(2).mean().item()
     errors["all"] = (errors["scenes"] + errors["sketches"]) / 2
     return {name: round(psnr(error), 2) for name, error in errors.items()}
+
+
+@torch.no_grad()
+def decoder_peaks(vae, scenes: list[Scene], size: int) -> torch.Tensor:
+    """How far each channel of each decoder GroupNorm input peaks above its mean, in its own standard deviations,
+    over VAE round trips of the scenes and their sketches (one value per image, layer and channel)."""
+    peaks = []
+
+    def measure(module, args) -> None:
+        deviation = args[0].flatten(2) - args[0].flatten(2).mean(-1, keepdim=True)
+        peaks.append((deviation.abs().amax(-1) / deviation.pow(2).mean(-1).sqrt().clamp_min(1e-6)).flatten())
+
+    hooks = [norm.register_forward_pre_hook(measure)
+             for norm in vae.decoder.modules() if isinstance(norm, torch.nn.GroupNorm)]
+    try:
+        images = to_tensor([render(scene, size, sketch=sketch) for scene in scenes for sketch in (False, True)])
+        for start in range(0, len(images), 8):
+            vae.decode(vae.encode(images[start : start + 8]).latent_dist.mode())
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return torch.cat(peaks)
+
+
+def spike_share(peaks: torch.Tensor) -> float:
+    return round((peaks > SPIKE_DEVIATIONS).float().mean().item(), 5)
 
 
 def img2img(pipe, prompts: list[str], inits: list[Image.Image], seeds: list[int], strength: float,
@@ -324,6 +356,7 @@ def evaluate(pipe, settings: Settings) -> tuple[Figures, list[Samples]]:
         distance_by_strength=distance_by_strength(sweep),
         border_artefact_share=round(len(artefacts) / (len(sweep.inits) * len(STRENGTHS)), 4),
         border_artefact_pixels=artefacts,
+        decoder_spike_share=spike_share(decoder_peaks(pipe.vae, held_out_scenes(16, settings.seed), settings.size)),
     )
     return figures, [sweep.samples(), colours]
 
@@ -364,6 +397,8 @@ def main() -> None:
           + f"; strictly rising over 0.2-0.8: {figures.strictly_rising}")
     print(f"border artefacts (a new saturated region of >= {MIN_ARTEFACT_PIXELS} px within {BORDER:.0%} of the side "
           f"of the border): {figures.border_artefact_share:.1%} of the outputs above; target <= {MAX_ARTEFACT_SHARE:.0%}")
+    print(f"decoder spikes (GroupNorm input channels above {SPIKE_DEVIATIONS:g} deviations, 16 scenes and their "
+          f"sketches): {figures.decoder_spike_share:.2%}; target <= {MAX_SPIKE_SHARE:.0%}")
     for path in filter(None, (args.json, args.sheet)):
         path.parent.mkdir(parents=True, exist_ok=True)
     if args.json:

@@ -348,9 +348,10 @@ def train(config: TrainConfig, workdir: Path, out: Path, resume: bool) -> dict:
     data = build_dataset(config, workdir)
     pipe = build_toy_pipeline(config.seed).to(config.device)
     lap("dataset")
-    if state is None and config.vae_from:
-        pipe.vae.load_state_dict(AutoencoderKL.from_pretrained(config.vae_from, subfolder="vae").state_dict())
-        keep_vae(pipe.vae, workdir)
+    if config.vae_from:  # the whole model, not only its weights: its GroupNorm groups may differ from the build's
+        pipe.register_modules(vae=AutoencoderKL.from_pretrained(config.vae_from, subfolder="vae").to(config.device))
+        if state is None:
+            keep_vae(pipe.vae, workdir)
     elif state is None or state["stage"] == "vae":
         train_vae(pipe, data, config, checkpoint, state)
         state = None
