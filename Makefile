@@ -2,7 +2,7 @@
 # `make figures` regenerates reports/invokeai_img2img/ (the InvokeAI img2img doc's figures) and
 # reports/img2img_tutorial/ (the figures of Chris McCormick's "How img2img Diffusion Works"); MODEL_ARGS=... from
 # your model;
-# `make toy-train` retrains the shipped toy model (79 minutes on 2 CPU cores), `make toy-eval` measures it.
+# `make toy-train` retrains the shipped toy model (85 minutes on 2 CPU cores), `make toy-eval` measures it.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python

@@ -11,12 +11,13 @@ from PIL import Image
 
 from sweeplab.toy.evaluate import (
     DEFAULT_STRENGTH,
-    MAX_ARTEFACT_SHARE,
+    MAX_RECURRING_SHARE,
     MAX_SPIKE_SHARE,
     MIN_ARTEFACT_PIXELS,
     PALETTE_NAMES,
     STRENGTHS,
     Settings,
+    StrengthSweep,
     border_artefact,
     border_artefacts,
     centroid,
@@ -29,6 +30,7 @@ from sweeplab.toy.evaluate import (
     load_toy_pipeline,
     palette_classes,
     rises_strictly,
+    recurring_artefact,
     rms_distance,
     spike_share,
     strength_sweep,
@@ -100,9 +102,31 @@ def test_finished_scenes_have_no_border_artefact_against_their_sketches():
         assert border_artefact(render(scene, SUBSET.size), render(scene, SUBSET.size, sketch=True)) < MIN_ARTEFACT_PIXELS
 
 
-def test_outputs_have_no_blob_near_the_border(sweep):
-    artefacts = border_artefacts(sweep)
-    assert len(artefacts) / (len(sweep.inits) * len(STRENGTHS)) <= MAX_ARTEFACT_SHARE, artefacts
+def test_a_blob_at_the_same_place_in_every_output_recurs_and_content_at_the_edges_does_not():
+    """The measure itself, on finished renderings of their own sketches: a 5x5 px purple blob pasted at the
+    bottom-left corner of 3 of 4 outputs recurs in 75% of them, in the cell at x 0, y 112 (128 px images); the same
+    blob pasted at a different edge in each output recurs in 25%; no blob, nothing."""
+    scenes = [Scene("shape", seed=5 + index, colour="blue", shape="circle", background="yellow", cx=0.5, cy=0.5,
+                    size=0.4) for index in range(4)]
+    sketches, finished = [render(s, 128, sketch=True) for s in scenes], [render(s, 128) for s in scenes]
+
+    def blotched(places):
+        images = [image.copy() for image in finished]
+        for image, place in zip(images, places):
+            if place:
+                image.paste((200, 30, 200), (*place, place[0] + 5, place[1] + 5))
+        return StrengthSweep(["a blue circle"] * 4, sketches, {0.5: images})
+
+    assert recurring_artefact(blotched([(2, 121)] * 3 + [None])) == (0.75, (0, 112))
+    assert recurring_artefact(blotched([(2, 121), (121, 2), (60, 121), (2, 60)]))[0] == 0.25
+    assert recurring_artefact(blotched([None] * 4))[0] == 0
+
+
+def test_no_border_blob_recurs_at_one_place(sweep):
+    """trained-v3's corner blob recurred in the bottom-left cell of 63% of its outputs (issue 20); the blobs of
+    scene content at the edges, counted in `border_artefacts`, move with the scenes."""
+    share, cell = recurring_artefact(sweep)
+    assert share <= MAX_RECURRING_SHARE, (share, cell, border_artefacts(sweep))
 
 
 def test_the_decoder_makes_no_spike_to_beat_its_groupnorm(pipe):

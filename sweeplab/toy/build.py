@@ -28,7 +28,7 @@ from sweeplab.render import LATENT_RGB_FILE
 from sweeplab.toy.scenes import random_scene, render
 from sweeplab.toy.tokenizer import MODEL_MAX_LENGTH, build_tokenizer
 
-TOY_VERSION = "trained-v3"
+TOY_VERSION = "trained-v4"
 """Part of every toy trial's identity; bump it whenever the shipped weights change."""
 SHIPPED_DIR = Path(__file__).resolve().parent / "weights"
 

@@ -17,8 +17,10 @@ Every scene here is held out: drawn from its own seed, never from the training o
 - **Monotonicity**: the mean RMS pixel distance between output and init image, per strength.
 - **Border artefacts**: over the same outputs, the share that paint a blob near the border: a
   connected region of saturated colour that the init image has nowhere near it, at least
-  `MIN_ARTEFACT_PIXELS` large, within the border band (issue 20: trained-v3 drew one in the
-  bottom-left corner of every output).
+  `MIN_ARTEFACT_PIXELS` large, within the border band; scene content redrawn at an edge counts too.
+  The target is on the artefact that recurs: the largest share of outputs with such a blob in one and
+  the same `ARTEFACT_CELL` px cell of the border (issue 20: trained-v3 drew one in the bottom-left
+  corner of most outputs, whatever the init image).
 - **Decoder spikes**: on VAE round trips of scenes and sketches, the share of the channels of the
   decoder's GroupNorm inputs that peak above `SPIKE_DEVIATIONS` standard deviations of their own
   spread: the mechanism behind trained-v3's blob, a corner spike that beat one-channel groups.
@@ -56,7 +58,8 @@ SATURATED = 0.4  # chroma (max minus min channel, in [0, 1]) from which a colour
 COLOUR_REACH = 4  # px: a colour the init image has this close to a pixel is not new there
 MIN_ARTEFACT_PIXELS = 16  # a new saturated region this large near the border is an artefact ...
 MAX_ARTEFACT_EXTENT = 0.25  # ... if it spans at most this share of the side each way: larger is a recoloured edge
-MAX_ARTEFACT_SHARE = 0.05  # target: at most this share of outputs with a border artefact
+ARTEFACT_CELL = 16  # px: the border is read in cells this size to find a blob that recurs at one place ...
+MAX_RECURRING_SHARE = 0.25  # ... target: in at most this share of outputs (trained-v3: 63%, bottom-left)
 SPIKE_DEVIATIONS = 12.0  # a decoder channel peaking this far above its own spread is a spike ...
 MAX_SPIKE_SHARE = 0.01  # ... target: at most this share of channels (trained-v3: a third, up to 118 deviations)
 
@@ -85,6 +88,8 @@ class Figures:
     distance_by_strength: dict  # strength -> mean RMS distance to the init image, pixels in [0, 1]
     border_artefact_share: float  # share of the strength sweep's outputs with a border artefact
     border_artefact_pixels: dict  # "index @ strength" -> the artefact's size, for each output that has one
+    recurring_artefact_share: float  # the largest share of outputs with a border blob in one and the same cell
+    recurring_artefact_cell: tuple  # that cell's top-left corner (x, y) in px
     decoder_spike_share: float  # share of decoder GroupNorm input channels above SPIKE_DEVIATIONS
 
     @property
@@ -305,10 +310,10 @@ def distance_by_strength(sweep: StrengthSweep) -> dict:
             for strength, outputs in sweep.outputs.items()}
 
 
-def border_artefact(output: Image.Image, init: Image.Image) -> int:
-    """Pixels of the largest blob within the border band: a connected region of saturated colour that is new (no
-    pixel of the init image within COLOUR_REACH px has that colour's name) and spans at most MAX_ARTEFACT_EXTENT of
-    the side each way, since a longer one is an edge the model recoloured. 0 when there is none."""
+def _border_blobs(output: Image.Image, init: Image.Image) -> list[np.ndarray]:
+    """Masks of the blobs within the border band: connected regions of saturated colour that is new (no pixel of
+    the init image within COLOUR_REACH px has that colour's name) spanning at most MAX_ARTEFACT_EXTENT of the side
+    each way, since a longer one is an edge the model recoloured."""
     rgb = np.asarray(output.convert("RGB"), np.float64) / 255
     names = palette_classes(output)
     init_names = palette_classes(init.resize(output.size))
@@ -319,9 +324,13 @@ def border_artefact(output: Image.Image, init: Image.Image) -> int:
     new[band:-band, band:-band] = False
     regions, _ = ndimage.label(new, structure=np.ones((3, 3), bool))
     extent = MAX_ARTEFACT_EXTENT * min(names.shape)
-    sizes = [int((regions[box] == label).sum()) for label, box in enumerate(ndimage.find_objects(regions), start=1)
-             if box[0].stop - box[0].start <= extent and box[1].stop - box[1].start <= extent]
-    return max(sizes, default=0)
+    return [regions == label for label, box in enumerate(ndimage.find_objects(regions), start=1)
+            if box[0].stop - box[0].start <= extent and box[1].stop - box[1].start <= extent]
+
+
+def border_artefact(output: Image.Image, init: Image.Image) -> int:
+    """Pixels of the largest blob within the border band (`_border_blobs`); 0 when there is none."""
+    return max((int(blob.sum()) for blob in _border_blobs(output, init)), default=0)
 
 
 def border_artefacts(sweep: StrengthSweep) -> dict[str, int]:
@@ -330,6 +339,25 @@ def border_artefacts(sweep: StrengthSweep) -> dict[str, int]:
              for strength, outputs in sweep.outputs.items()
              for index, (output, init) in enumerate(zip(outputs, sweep.inits))}
     return {key: size for key, size in sizes.items() if size >= MIN_ARTEFACT_PIXELS}
+
+
+def recurring_artefact(sweep: StrengthSweep) -> tuple[float, tuple[int, int]]:
+    """The largest share of the sweep's outputs with a blob of at least MIN_ARTEFACT_PIXELS in one and the same
+    ARTEFACT_CELL-px cell of the border, and that cell's top-left corner (x, y). A mark the model makes whatever
+    the init image, like trained-v3's corner blob, recurs at its place; scene content the model redraws near an
+    edge (a sun cut by the frame, a fireplace's side) moves with the scene."""
+    counts, outputs = None, 0
+    for strength, images in sweep.outputs.items():
+        for output, init in zip(images, sweep.inits):
+            blobs = [blob for blob in _border_blobs(output, init) if blob.sum() >= MIN_ARTEFACT_PIXELS]
+            marked = np.logical_or.reduce(blobs) if blobs else np.zeros(output.size[::-1], bool)
+            rows, cols = marked.shape[0] // ARTEFACT_CELL, marked.shape[1] // ARTEFACT_CELL
+            cells = marked[: rows * ARTEFACT_CELL, : cols * ARTEFACT_CELL].reshape(
+                rows, ARTEFACT_CELL, cols, ARTEFACT_CELL).any((1, 3))
+            counts = cells.astype(int) if counts is None else counts + cells
+            outputs += 1
+    row, col = np.unravel_index(counts.argmax(), counts.shape)
+    return round(counts.max() / outputs, 4), (int(col) * ARTEFACT_CELL, int(row) * ARTEFACT_CELL)
 
 
 def rms_distance(image: Image.Image, init: Image.Image) -> float:
@@ -346,6 +374,7 @@ def evaluate(pipe, settings: Settings) -> tuple[Figures, list[Samples]]:
     adherence, misses, colours = colour_adherence(pipe, settings)
     sweep = strength_sweep(pipe, settings)
     artefacts = border_artefacts(sweep)
+    recurring = recurring_artefact(sweep)
     figures = Figures(
         vae_psnr_db=vae_psnr(pipe.vae, held_out_scenes(settings.samples, settings.seed), settings.size),
         colour_adherence=round(adherence, 4),
@@ -356,6 +385,8 @@ def evaluate(pipe, settings: Settings) -> tuple[Figures, list[Samples]]:
         distance_by_strength=distance_by_strength(sweep),
         border_artefact_share=round(len(artefacts) / (len(sweep.inits) * len(STRENGTHS)), 4),
         border_artefact_pixels=artefacts,
+        recurring_artefact_share=recurring[0],
+        recurring_artefact_cell=recurring[1],
         decoder_spike_share=spike_share(decoder_peaks(pipe.vae, held_out_scenes(16, settings.seed), settings.size)),
     )
     return figures, [sweep.samples(), colours]
@@ -395,8 +426,11 @@ def main() -> None:
     print("mean distance to init by strength: "
           + ", ".join(f"{s}: {d:.4f}" for s, d in figures.distance_by_strength.items())
           + f"; strictly rising over 0.2-0.8: {figures.strictly_rising}")
-    print(f"border artefacts (a new saturated region of >= {MIN_ARTEFACT_PIXELS} px within {BORDER:.0%} of the side "
-          f"of the border): {figures.border_artefact_share:.1%} of the outputs above; target <= {MAX_ARTEFACT_SHARE:.0%}")
+    print(f"border blobs (a new saturated region of >= {MIN_ARTEFACT_PIXELS} px within {BORDER:.0%} of the side of the "
+          f"border, scene content redrawn at an edge included): {figures.border_artefact_share:.1%} of the outputs above")
+    print(f"recurring border artefact (the most outputs with a blob in one {ARTEFACT_CELL} px cell): "
+          f"{figures.recurring_artefact_share:.1%}, at x, y = {figures.recurring_artefact_cell}; "
+          f"target <= {MAX_RECURRING_SHARE:.0%}")
     print(f"decoder spikes (GroupNorm input channels above {SPIKE_DEVIATIONS:g} deviations, 16 scenes and their "
           f"sketches): {figures.decoder_spike_share:.2%}; target <= {MAX_SPIKE_SHARE:.0%}")
     for path in filter(None, (args.json, args.sheet)):

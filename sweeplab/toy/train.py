@@ -12,7 +12,7 @@ The defaults are the shipped weights' recipe: the UNet predicts v (as SD 2.x doe
 noisiest steps, the only ones where the caption alone decides the colours, up to 215 times more than
 the epsilon loss does (the epsilon loss weighs the x0 error by the SNR, 0.005 at t=999); a repair
 stage then trains only low-noise timesteps, with the text encoder frozen, for the denoising that
-low-strength img2img runs take. A full run took 79 minutes on a 2-core CPU (training.json).
+low-strength img2img runs take. A full run took 85 minutes on a 2-core CPU (training.json).
 `--prediction-type epsilon --repair-steps 0 --text-lr 3e-4 --unet-steps 5500` is the SD 1.x-style
 recipe of trained-v1, the first trained model; `--loss-weight-cap C` weighs each sample's error
 by min(1 / alpha_bar, C) in epsilon terms. See reports/toy-model/loss-weighting for what these did.
