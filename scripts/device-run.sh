@@ -3,7 +3,7 @@
 # scripts/device-wheels.sh downloaded here, then run the GPU work named, writing what should come back to $OUT.
 #
 #   bash scripts/device-run.sh check            # benchmarks/gpu_check.sh (issue 15), under 4 minutes
-#   bash scripts/device-run.sh retrain          # the toy model from scratch on CUDA (issue 20), its own call
+#   bash scripts/device-run.sh retrain          # the toy model from scratch on CUDA, its own call
 #
 # From the tool: command "bash scripts/device-run.sh check", carry [".whl"]. Nothing there can be fetched:
 # sweeplab runs from this copy (PYTHONPATH), the wheels go to /tmp/site, the image's python3 holds torch.
