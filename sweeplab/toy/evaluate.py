@@ -347,7 +347,7 @@ def recurring_artefact(sweep: StrengthSweep) -> tuple[float, tuple[int, int]]:
     the init image, like trained-v3's corner blob, recurs at its place; scene content the model redraws near an
     edge (a sun cut by the frame, a fireplace's side) moves with the scene."""
     counts, outputs = None, 0
-    for strength, images in sweep.outputs.items():
+    for images in sweep.outputs.values():
         for output, init in zip(images, sweep.inits):
             blobs = [blob for blob in _border_blobs(output, init) if blob.sum() >= MIN_ARTEFACT_PIXELS]
             marked = np.logical_or.reduce(blobs) if blobs else np.zeros(output.size[::-1], bool)
