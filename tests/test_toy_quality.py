@@ -15,7 +15,6 @@ from sweeplab.toy.evaluate import (
     MAX_SPIKE_SHARE,
     MIN_ARTEFACT_PIXELS,
     PALETTE_NAMES,
-    STRENGTHS,
     Settings,
     StrengthSweep,
     border_artefact,
