@@ -114,7 +114,8 @@ def test_every_groupnorm_of_the_toy_vae_spans_several_channels():
     from sweeplab.toy.build import SHIPPED_DIR, build_toy_pipeline
 
     for vae in (build_toy_pipeline().vae, AutoencoderKL.from_pretrained(SHIPPED_DIR / "vae")):
-        widths = {norm.num_channels // norm.num_groups for norm in vae.modules() if isinstance(norm, torch.nn.GroupNorm)}
+        norms = [module for module in vae.modules() if isinstance(module, torch.nn.GroupNorm)]
+        widths = {norm.num_channels // norm.num_groups for norm in norms}
         assert min(widths) >= 4, widths
 
 

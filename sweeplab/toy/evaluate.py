@@ -427,7 +427,8 @@ def main() -> None:
           + ", ".join(f"{s}: {d:.4f}" for s, d in figures.distance_by_strength.items())
           + f"; strictly rising over 0.2-0.8: {figures.strictly_rising}")
     print(f"border blobs (a new saturated region of >= {MIN_ARTEFACT_PIXELS} px within {BORDER:.0%} of the side of the "
-          f"border, scene content redrawn at an edge included): {figures.border_artefact_share:.1%} of the outputs above")
+          f"border, scene content redrawn at an edge included): {figures.border_artefact_share:.1%} of the outputs "
+          "above")
     print(f"recurring border artefact (the most outputs with a blob in one {ARTEFACT_CELL} px cell): "
           f"{figures.recurring_artefact_share:.1%}, at x, y = {figures.recurring_artefact_cell}; "
           f"target <= {MAX_RECURRING_SHARE:.0%}")
